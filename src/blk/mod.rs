@@ -1,0 +1,5 @@
+//! The vhost-user-blk device: virtio request parsing and the per-queue
+//! workers that move bytes between guest memory and tier devices.
+
+/// Bytes of the serial returned by VIRTIO_BLK_T_GET_ID.
+pub const VIRTIO_BLK_ID_BYTES: usize = 20;

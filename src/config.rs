@@ -1,0 +1,612 @@
+//! Daemon configuration: tiers, volumes and daemon settings, read from TOML.
+//!
+//! Every validation error names the offending key and value, so an operator
+//! can fix the file without reading the source.
+
+use std::{
+    collections::HashSet,
+    fmt,
+    path::{Path, PathBuf},
+    str::FromStr,
+};
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Errors found while reading or checking a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{key} = {value}: {reason}")]
+    Invalid {
+        key: String,
+        value: String,
+        reason: String,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+fn invalid(key: impl Into<String>, value: impl fmt::Display, reason: impl Into<String>) -> Error {
+    Error::Invalid {
+        key: key.into(),
+        value: value.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// A size in bytes, written in TOML as an integer or a string with a binary
+/// or decimal suffix ("512", "64KiB", "1 GiB", "10G", "2TB").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    pub const KIB: u64 = 1024;
+    pub const MIB: u64 = 1024 * 1024;
+    pub const GIB: u64 = 1024 * 1024 * 1024;
+
+    pub fn bytes(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [(&str, u64); 4] = [
+            ("TiB", 1 << 40),
+            ("GiB", 1 << 30),
+            ("MiB", 1 << 20),
+            ("KiB", 1 << 10),
+        ];
+        for (name, unit) in UNITS {
+            if self.0 >= unit && self.0 % unit == 0 {
+                return write!(f, "{}{}", self.0 / unit, name);
+            }
+        }
+        write!(f, "{}", self.0)
+    }
+}
+
+impl FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        let t = s.trim();
+        let split = t
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("'{s}' is not a size (expected e.g. 512, 64KiB, 10GiB)"))?;
+        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kib" => 1 << 10,
+            "m" | "mib" => 1 << 20,
+            "g" | "gib" => 1 << 30,
+            "t" | "tib" => 1 << 40,
+            "kb" => 1_000,
+            "mb" => 1_000_000,
+            "gb" => 1_000_000_000,
+            "tb" => 1_000_000_000_000,
+            other => return Err(format!("'{s}': unknown size unit '{other}'")),
+        };
+        n.checked_mul(mult)
+            .map(ByteSize)
+            .ok_or_else(|| format!("'{s}' is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(ByteSize(n)),
+            Raw::Str(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Expected speed of a tier; placement and the replay latency model read it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PerformanceMetrics {
+    /// Expected read latency of one 4 KiB access, microseconds.
+    pub read_latency_us: f64,
+    /// Expected write latency of one 4 KiB access, microseconds.
+    pub write_latency_us: f64,
+    /// Expected random 4 KiB IOPS.
+    #[serde(default)]
+    pub iops: u64,
+    /// Expected sequential bandwidth, MiB/s.
+    pub bandwidth_mibps: f64,
+}
+
+/// Optional slow-down applied to a tier's completions so that one disk can
+/// stand in for NVMe, SSD and HDD in tests and benchmarks (DESIGN decision 7).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Emulate {
+    /// Added latency per read request, microseconds.
+    #[serde(default)]
+    pub read_latency_us: u64,
+    /// Added latency per write request, microseconds.
+    #[serde(default)]
+    pub write_latency_us: u64,
+    /// Bandwidth cap, MiB/s (0 = no cap).
+    #[serde(default)]
+    pub bandwidth_mibps: u64,
+}
+
+/// One class of storage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierDefinition {
+    /// 0 is the fastest tier; ids must be unique.
+    pub tier_id: u8,
+    pub name: String,
+    pub performance_metrics: PerformanceMetrics,
+    /// Bytes of volume data this tier may hold.
+    pub capacity: ByteSize,
+    /// Cost per GB (10^9 bytes) per month, in the operator's currency.
+    pub cost_per_gb: f64,
+    /// A directory (the tier keeps its extent file `extents.dat` in it) or a
+    /// block device.
+    pub path: PathBuf,
+    #[serde(default)]
+    pub emulate: Option<Emulate>,
+}
+
+/// How placement chooses tiers for a volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum TieringPolicy {
+    /// Score thresholds 0.8 / 0.3 over the heat map, within tier capacity.
+    #[default]
+    Default,
+    /// Prefer the fastest tier while it has room.
+    PerformanceOptimized,
+    /// Keep data on the cheapest tier unless it is clearly hot.
+    CostOptimized,
+}
+
+impl FromStr for TieringPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "default" => Ok(Self::Default),
+            "performance-optimized" => Ok(Self::PerformanceOptimized),
+            "cost-optimized" => Ok(Self::CostOptimized),
+            _ => Err(format!(
+                "unknown tiering policy '{s}' (expected default, performance-optimized or cost-optimized)"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for TieringPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Default => "default",
+            Self::PerformanceOptimized => "performance-optimized",
+            Self::CostOptimized => "cost-optimized",
+        })
+    }
+}
+
+pub const DEFAULT_CHUNK_SIZE: u64 = ByteSize::MIB;
+pub const MIN_CHUNK_SIZE: u64 = 64 * ByteSize::KIB;
+pub const MAX_CHUNK_SIZE: u64 = 64 * ByteSize::MIB;
+pub const MAX_QUEUES: u16 = 16;
+
+fn default_chunk_size() -> ByteSize {
+    ByteSize(DEFAULT_CHUNK_SIZE)
+}
+fn default_true() -> bool {
+    true
+}
+fn default_queues() -> u16 {
+    1
+}
+fn default_queue_size() -> u16 {
+    256
+}
+fn default_model() -> String {
+    "ewma".to_string()
+}
+
+/// One VM disk.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeMetadata {
+    pub name: String,
+    pub size: ByteSize,
+    #[serde(default = "default_chunk_size")]
+    pub chunk_size: ByteSize,
+    /// vhost-user socket the daemon listens on for this volume.
+    pub socket: PathBuf,
+    #[serde(default)]
+    pub read_only: bool,
+    #[serde(default = "default_true")]
+    pub tiering_enabled: bool,
+    #[serde(default)]
+    pub tiering_policy: TieringPolicy,
+    /// A builtin predictor name ("ewma", "gru", …) or a path to a model file.
+    #[serde(default = "default_model")]
+    pub prediction_model: String,
+    /// Tier used for every chunk when tiering is disabled (default: the
+    /// slowest tier).
+    #[serde(default)]
+    pub pinned_tier: Option<u8>,
+    #[serde(default = "default_queues")]
+    pub num_queues: u16,
+    #[serde(default = "default_queue_size")]
+    pub queue_size: u16,
+    /// Serial reported by GET_ID (default: the volume name); at most 20 bytes.
+    #[serde(default)]
+    pub serial: Option<String>,
+    /// libvirt domain XML this volume's VM profile is seeded from.
+    #[serde(default)]
+    pub domain_xml: Option<PathBuf>,
+}
+
+impl VolumeMetadata {
+    pub fn chunk_count(&self) -> u64 {
+        self.size.0.div_ceil(self.chunk_size.0)
+    }
+
+    pub fn serial(&self) -> &str {
+        self.serial.as_deref().unwrap_or(&self.name)
+    }
+}
+
+fn default_epoch_secs() -> f64 {
+    10.0
+}
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/tierblk")
+}
+
+/// Daemon-wide settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonSettings {
+    /// Holds the metadata store (`meta.redb`).
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// Profiling interval, seconds.
+    #[serde(default = "default_epoch_secs")]
+    pub epoch_secs: f64,
+    /// Control socket (JSON); none when absent.
+    #[serde(default)]
+    pub api_socket: Option<PathBuf>,
+}
+
+impl Default for DaemonSettings {
+    fn default() -> Self {
+        Self {
+            state_dir: default_state_dir(),
+            epoch_secs: default_epoch_secs(),
+            api_socket: None,
+        }
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub daemon: DaemonSettings,
+    #[serde(rename = "tier", default)]
+    pub tiers: Vec<TierDefinition>,
+    #[serde(rename = "volume", default)]
+    pub volumes: Vec<VolumeMetadata>,
+}
+
+impl Config {
+    /// Reads and validates a TOML config file. Relative paths inside it are
+    /// taken relative to the file's directory.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut cfg = Self::parse(&text).map_err(|e| match e {
+            Error::Parse { message, .. } => Error::Parse {
+                path: path.to_path_buf(),
+                message,
+            },
+            other => other,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        cfg.resolve_relative_paths(base);
+        Ok(cfg)
+    }
+
+    /// Parses and validates TOML text.
+    pub fn parse(text: &str) -> Result<Self> {
+        let cfg: Config = toml::from_str(text).map_err(|e| Error::Parse {
+            path: PathBuf::from("<inline>"),
+            message: e.to_string(),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn resolve_relative_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.daemon.state_dir);
+        if let Some(p) = self.daemon.api_socket.as_mut() {
+            fix(p);
+        }
+        for t in &mut self.tiers {
+            fix(&mut t.path);
+        }
+        for v in &mut self.volumes {
+            fix(&mut v.socket);
+            if let Some(p) = v.domain_xml.as_mut() {
+                fix(p);
+            }
+        }
+    }
+
+    /// Tiers sorted fastest first.
+    pub fn tiers_by_speed(&self) -> Vec<&TierDefinition> {
+        let mut t: Vec<_> = self.tiers.iter().collect();
+        t.sort_by_key(|t| t.tier_id);
+        t
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if !(self.daemon.epoch_secs.is_finite() && self.daemon.epoch_secs > 0.0) {
+            return Err(invalid(
+                "daemon.epoch_secs",
+                self.daemon.epoch_secs,
+                "must be a positive number of seconds",
+            ));
+        }
+        let mut ids = HashSet::new();
+        let mut names = HashSet::new();
+        for (i, t) in self.tiers.iter().enumerate() {
+            let key = |k: &str| format!("tier[{i}] ('{}').{k}", t.name);
+            validate_tier(t, &key)?;
+            if !ids.insert(t.tier_id) {
+                return Err(invalid(key("tier_id"), t.tier_id, "duplicate tier_id"));
+            }
+            if !names.insert(t.name.as_str()) {
+                return Err(invalid(key("name"), &t.name, "duplicate tier name"));
+            }
+        }
+        let mut vnames = HashSet::new();
+        let mut sockets = HashSet::new();
+        for (i, v) in self.volumes.iter().enumerate() {
+            let key = |k: &str| format!("volume[{i}] ('{}').{k}", v.name);
+            validate_volume(v, &key, &ids)?;
+            if !vnames.insert(v.name.as_str()) {
+                return Err(invalid(key("name"), &v.name, "duplicate volume name"));
+            }
+            if !sockets.insert(v.socket.as_path()) {
+                return Err(invalid(
+                    key("socket"),
+                    v.socket.display(),
+                    "socket already used by another volume",
+                ));
+            }
+        }
+        if !self.volumes.is_empty() && self.tiers.is_empty() {
+            return Err(invalid("tier", "[]", "volumes need at least one [[tier]]"));
+        }
+        Ok(())
+    }
+}
+
+fn validate_tier(t: &TierDefinition, key: &dyn Fn(&str) -> String) -> Result<()> {
+    if t.name.is_empty() || t.name.len() > 64 {
+        return Err(invalid(key("name"), &t.name, "must be 1..=64 characters"));
+    }
+    if t.capacity.0 == 0 {
+        return Err(invalid(key("capacity"), t.capacity, "must be greater than 0"));
+    }
+    if !(t.cost_per_gb.is_finite() && t.cost_per_gb >= 0.0) {
+        return Err(invalid(
+            key("cost_per_gb"),
+            t.cost_per_gb,
+            "must be a non-negative number",
+        ));
+    }
+    let pm = &t.performance_metrics;
+    for (k, v) in [
+        ("performance_metrics.read_latency_us", pm.read_latency_us),
+        ("performance_metrics.write_latency_us", pm.write_latency_us),
+        ("performance_metrics.bandwidth_mibps", pm.bandwidth_mibps),
+    ] {
+        if !(v.is_finite() && v >= 0.0) {
+            return Err(invalid(key(k), v, "must be a non-negative number"));
+        }
+    }
+    Ok(())
+}
+
+fn validate_volume(
+    v: &VolumeMetadata,
+    key: &dyn Fn(&str) -> String,
+    tier_ids: &HashSet<u8>,
+) -> Result<()> {
+    if v.name.is_empty()
+        || v.name.len() > 64
+        || !v
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(invalid(
+            key("name"),
+            &v.name,
+            "must be 1..=64 characters of [A-Za-z0-9._-]",
+        ));
+    }
+    let cs = v.chunk_size.0;
+    if !cs.is_power_of_two() || !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&cs) {
+        return Err(invalid(
+            key("chunk_size"),
+            v.chunk_size,
+            "must be a power of two between 64KiB and 64MiB",
+        ));
+    }
+    if v.size.0 == 0 || v.size.0 % 512 != 0 {
+        return Err(invalid(
+            key("size"),
+            v.size,
+            "must be a non-zero multiple of 512 bytes",
+        ));
+    }
+    if v.chunk_count() > u32::MAX as u64 {
+        return Err(invalid(key("size"), v.size, "too many chunks for this chunk_size"));
+    }
+    if v.num_queues == 0 || v.num_queues > MAX_QUEUES {
+        return Err(invalid(
+            key("num_queues"),
+            v.num_queues,
+            format!("must be 1..={MAX_QUEUES}"),
+        ));
+    }
+    if !v.queue_size.is_power_of_two() || !(2..=1024).contains(&v.queue_size) {
+        return Err(invalid(
+            key("queue_size"),
+            v.queue_size,
+            "must be a power of two between 2 and 1024",
+        ));
+    }
+    if v.serial().len() > crate::blk::VIRTIO_BLK_ID_BYTES {
+        return Err(invalid(
+            key("serial"),
+            v.serial(),
+            format!("at most {} bytes", crate::blk::VIRTIO_BLK_ID_BYTES),
+        ));
+    }
+    if let Some(t) = v.pinned_tier {
+        if !tier_ids.contains(&t) {
+            return Err(invalid(key("pinned_tier"), t, "no tier with this tier_id"));
+        }
+    }
+    if v.prediction_model.is_empty() {
+        return Err(invalid(
+            key("prediction_model"),
+            "\"\"",
+            "must name a builtin model or a model file",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[daemon]
+state_dir = "/tmp/x"
+
+[[tier]]
+tier_id = 0
+name = "nvme"
+capacity = "1GiB"
+cost_per_gb = 0.20
+path = "/tmp/t0"
+performance_metrics = { read_latency_us = 80, write_latency_us = 20, bandwidth_mibps = 3000 }
+
+[[tier]]
+tier_id = 1
+name = "hdd"
+capacity = 4294967296
+cost_per_gb = 0.02
+path = "/tmp/t1"
+performance_metrics = { read_latency_us = 8000, write_latency_us = 8000, bandwidth_mibps = 150 }
+emulate = { read_latency_us = 5000 }
+
+[[volume]]
+name = "vm1-disk0"
+size = "2GiB"
+socket = "/tmp/vm1.sock"
+tiering_policy = "cost-optimized"
+"#;
+
+    #[test]
+    fn good_config_parses_with_defaults() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(c.tiers.len(), 2);
+        assert_eq!(c.tiers[1].capacity.0, 4 << 30);
+        assert_eq!(c.tiers[1].emulate.as_ref().unwrap().read_latency_us, 5000);
+        let v = &c.volumes[0];
+        assert_eq!(v.chunk_size.0, DEFAULT_CHUNK_SIZE);
+        assert_eq!(v.chunk_count(), 2048);
+        assert_eq!(v.tiering_policy, TieringPolicy::CostOptimized);
+        assert!(v.tiering_enabled);
+        assert_eq!(v.serial(), "vm1-disk0");
+    }
+
+    #[test]
+    fn byte_sizes_parse_and_print() {
+        assert_eq!("64KiB".parse::<ByteSize>().unwrap().0, 65536);
+        assert_eq!("1 GiB".parse::<ByteSize>().unwrap().0, 1 << 30);
+        assert_eq!("10GB".parse::<ByteSize>().unwrap().0, 10_000_000_000);
+        assert!("12XB".parse::<ByteSize>().is_err());
+        assert!("GiB".parse::<ByteSize>().is_err());
+        assert!("99999999999999T".parse::<ByteSize>().is_err());
+        assert_eq!(ByteSize(3 << 20).to_string(), "3MiB");
+    }
+
+    fn err_of(text: &str) -> String {
+        Config::parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn bad_chunk_size_names_key_and_value() {
+        let e = err_of(&GOOD.replace("tiering_policy", "chunk_size = \"100KiB\"\ntiering_policy"));
+        assert!(e.contains("chunk_size") && e.contains("100KiB") && e.contains("power of two"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_tier_id_is_rejected() {
+        let e = err_of(&GOOD.replace("tier_id = 1", "tier_id = 0"));
+        assert!(e.contains("tier_id") && e.contains("duplicate"), "{e}");
+    }
+
+    #[test]
+    fn unknown_policy_and_unknown_key_are_rejected() {
+        let e = err_of(&GOOD.replace("cost-optimized", "fastest"));
+        assert!(e.contains("fastest"), "{e}");
+        let e = err_of(&GOOD.replace("cost_per_gb = 0.02", "cost_per_gb = 0.02\ncolour = 1"));
+        assert!(e.contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn bad_size_and_pinned_tier_are_rejected() {
+        let e = err_of(&GOOD.replace("size = \"2GiB\"", "size = 1000"));
+        assert!(e.contains("size") && e.contains("512"), "{e}");
+        let e = err_of(&GOOD.replace("tiering_policy", "pinned_tier = 7\ntiering_policy"));
+        assert!(e.contains("pinned_tier") && e.contains('7'), "{e}");
+    }
+
+    #[test]
+    fn negative_cost_is_rejected() {
+        let e = err_of(&GOOD.replace("0.20", "-1.0"));
+        assert!(e.contains("cost_per_gb") && e.contains("-1"), "{e}");
+    }
+}

@@ -1,0 +1,9 @@
+//! tierblk: a vhost-user-blk storage daemon with predictive, cost-aware
+//! data tiering. See DESIGN.md in the shared folder for the architecture;
+//! each module is named after the part of it that it implements.
+
+pub mod blk;
+pub mod config;
+pub mod error;
+
+pub use error::{Error, Result};
