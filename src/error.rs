@@ -4,6 +4,12 @@
 pub enum Error {
     #[error(transparent)]
     Config(#[from] crate::config::Error),
+    #[error(transparent)]
+    Tier(#[from] crate::tier::Error),
+    #[error(transparent)]
+    Meta(#[from] crate::meta::Error),
+    #[error(transparent)]
+    Volume(#[from] crate::volume::Error),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

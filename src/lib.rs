@@ -5,5 +5,8 @@
 pub mod blk;
 pub mod config;
 pub mod error;
+pub mod meta;
+pub mod tier;
+pub mod volume;
 
 pub use error::{Error, Result};

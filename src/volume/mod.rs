@@ -1,0 +1,538 @@
+//! A volume: one VM disk made of chunks spread over tiers. This module holds
+//! the request semantics (what a read, write, discard, write-zeroes and
+//! flush do to the volume), free of virtio, testable with plain buffers.
+
+pub mod chunk_map;
+
+use std::{
+    os::unix::fs::FileExt,
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
+};
+
+pub use chunk_map::{ChunkMap, ChunkState, Mapping, WritePin};
+
+use crate::{
+    config::{TieringPolicy, VolumeMetadata},
+    meta::Store,
+    tier::{Tier, TierSet, UNIT_BYTES},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "volume '{volume}': request at byte {offset} (+{len}) is beyond the end ({size} bytes)"
+    )]
+    OutOfRange {
+        volume: String,
+        offset: u64,
+        len: u64,
+        size: u64,
+    },
+    #[error("volume '{volume}': no tier has a free extent for chunk {chunk}")]
+    NoSpace { volume: String, chunk: u32 },
+    #[error("volume '{volume}': chunk {chunk} maps to tier {tier}, which is not configured")]
+    MissingTier {
+        volume: String,
+        chunk: u32,
+        tier: u8,
+    },
+    #[error("volume '{volume}': stored {what} is {stored}, config says {configured}; changing it needs a new volume")]
+    Incompatible {
+        volume: String,
+        what: &'static str,
+        stored: String,
+        configured: String,
+    },
+    #[error(transparent)]
+    Tier(#[from] crate::tier::Error),
+    #[error(transparent)]
+    Meta(#[from] crate::meta::Error),
+    #[error("volume '{volume}': I/O on tier '{tier}': {source}")]
+    Io {
+        volume: String,
+        tier: String,
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Where one piece of a request goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// Unallocated chunk: reads return zeros.
+    Zeros,
+    /// Byte offset on a tier device.
+    Extent { tier: u8, offset: u64 },
+}
+
+/// One chunk's share of a request. Segments with an `Extent` target hold a
+/// pin on their chunk until `Volume::release` is called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
+    pub chunk: u32,
+    pub len: u32,
+    pub target: Target,
+}
+
+/// Per-chunk metadata as DESIGN.md names it ("block" = chunk).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct BlockMetadata {
+    pub chunk: u32,
+    pub tier: Option<u8>,
+    pub extent_offset: Option<u64>,
+    pub prediction_score: f32,
+    pub state: ChunkState,
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    /// Chunk-map changes not yet in the store: (chunk, persistent entry).
+    changes: Vec<(u32, u64)>,
+    /// Extents unmapped by those changes; reusable only once they are
+    /// durable, so a crash can never leave two chunks on one extent.
+    frees: Vec<Mapping>,
+}
+
+#[derive(Debug)]
+pub struct Volume {
+    meta: VolumeMetadata,
+    chunk_shift: u32,
+    map: ChunkMap,
+    /// Predicted heat of each chunk (f32 bits), written by the brain, read
+    /// for tier hints.
+    scores: Vec<AtomicU32>,
+    tiers: Arc<TierSet>,
+    store: Arc<Store>,
+    pending: Mutex<Pending>,
+    commit_lock: Mutex<()>,
+}
+
+/// Score → tier by the seed's thresholds (≥ 0.8 fastest, ≥ 0.3 middle, else
+/// slowest), shifted by policy.
+fn static_tier_hint(policy: TieringPolicy, score: f32, ids: &[u8]) -> u8 {
+    let n = ids.len();
+    let idx = match policy {
+        TieringPolicy::PerformanceOptimized => 0,
+        TieringPolicy::CostOptimized if score < 0.8 => n - 1,
+        _ if score >= 0.8 => 0,
+        _ if score >= 0.3 => n / 2,
+        _ => n - 1,
+    };
+    ids[idx.min(n - 1)]
+}
+
+/// Score a chunk gets before anything is known about it.
+pub const PRIOR_SCORE: f32 = 0.5;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every holder finishes its update before it can panic, so a poisoned
+    // lock still guards consistent data.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Volume {
+    /// Opens a volume: checks the config against the stored definition,
+    /// loads its chunk map and claims its extents on the tiers.
+    pub fn open(meta: VolumeMetadata, tiers: Arc<TierSet>, store: Arc<Store>) -> Result<Self> {
+        let name = meta.name.clone();
+        if let Some(stored) = store.volume(&name)? {
+            if stored.chunk_size != meta.chunk_size {
+                return Err(Error::Incompatible {
+                    volume: name,
+                    what: "chunk_size",
+                    stored: stored.chunk_size.to_string(),
+                    configured: meta.chunk_size.to_string(),
+                });
+            }
+            if meta.size < stored.size {
+                return Err(Error::Incompatible {
+                    volume: name,
+                    what: "size",
+                    stored: stored.size.to_string(),
+                    configured: format!("{} (shrinking would drop data)", meta.size),
+                });
+            }
+        }
+        let chunks = meta.chunk_count() as usize;
+        let map = ChunkMap::new(chunks);
+        let chunk_bytes = meta.chunk_size.0;
+        for (chunk, word) in store.chunk_map(&name)? {
+            let Some(m) = Mapping::from_persistent(word) else {
+                continue;
+            };
+            if chunk as usize >= chunks {
+                continue;
+            }
+            let tier = tiers.get(m.tier).ok_or(Error::MissingTier {
+                volume: name.clone(),
+                chunk,
+                tier: m.tier,
+            })?;
+            tier.claim(m.unit * UNIT_BYTES, chunk_bytes)?;
+            map.load(chunk, m);
+        }
+        store.put_volume(&meta)?;
+        let prior = PRIOR_SCORE.to_bits();
+        Ok(Self {
+            chunk_shift: chunk_bytes.trailing_zeros(),
+            scores: (0..chunks).map(|_| AtomicU32::new(prior)).collect(),
+            meta,
+            map,
+            tiers,
+            store,
+            pending: Mutex::default(),
+            commit_lock: Mutex::new(()),
+        })
+    }
+
+    pub fn metadata(&self) -> &VolumeMetadata {
+        &self.meta
+    }
+
+    pub fn name(&self) -> &str {
+        &self.meta.name
+    }
+
+    pub fn size(&self) -> u64 {
+        self.meta.size.0
+    }
+
+    pub fn chunk_size(&self) -> u64 {
+        1 << self.chunk_shift
+    }
+
+    pub fn chunk_count(&self) -> u32 {
+        self.map.len() as u32
+    }
+
+    pub fn chunk_map(&self) -> &ChunkMap {
+        &self.map
+    }
+
+    pub fn tiers(&self) -> &Arc<TierSet> {
+        &self.tiers
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn score(&self, chunk: u32) -> f32 {
+        f32::from_bits(self.scores[chunk as usize].load(Ordering::Relaxed))
+    }
+
+    /// Sets the predicted heat of a chunk (clamped to [0, 1]).
+    pub fn set_score(&self, chunk: u32, score: f32) {
+        let s = if score.is_nan() {
+            0.0
+        } else {
+            score.clamp(0.0, 1.0)
+        };
+        self.scores[chunk as usize].store(s.to_bits(), Ordering::Relaxed);
+    }
+
+    pub fn block_metadata(&self, chunk: u32) -> BlockMetadata {
+        let m = self.map.get(chunk);
+        BlockMetadata {
+            chunk,
+            tier: m.map(|m| m.tier),
+            extent_offset: m.map(|m| m.unit * UNIT_BYTES),
+            prediction_score: self.score(chunk),
+            state: self.map.state(chunk),
+        }
+    }
+
+    fn check_range(&self, offset: u64, len: u64) -> Result<()> {
+        if offset.checked_add(len).is_none_or(|end| end > self.size()) {
+            return Err(Error::OutOfRange {
+                volume: self.meta.name.clone(),
+                offset,
+                len,
+                size: self.size(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Splits [offset, offset+len) at chunk boundaries: (chunk, offset in
+    /// chunk, length).
+    fn pieces(&self, offset: u64, len: u64) -> impl Iterator<Item = (u32, u64, u64)> + '_ {
+        let cs = self.chunk_size();
+        let end = offset + len;
+        let mut pos = offset;
+        std::iter::from_fn(move || {
+            if pos >= end {
+                return None;
+            }
+            let chunk = pos >> self.chunk_shift;
+            let within = pos & (cs - 1);
+            let n = (cs - within).min(end - pos);
+            pos += n;
+            Some((chunk as u32, within, n))
+        })
+    }
+
+    /// Tier a new extent of `chunk` should go to (the allocation hint).
+    pub fn tier_hint(&self, chunk: u32) -> u8 {
+        let ids: Vec<u8> = self.tiers.iter().map(Tier::id).collect();
+        let slowest = *ids.last().expect("a volume has at least one tier");
+        if !self.meta.tiering_enabled {
+            return self.meta.pinned_tier.unwrap_or(slowest);
+        }
+        static_tier_hint(self.meta.tiering_policy, self.score(chunk), &ids)
+    }
+
+    /// Allocates an extent for `chunk`: the hinted tier first, then slower
+    /// tiers, then faster ones.
+    fn allocate(&self, chunk: u32) -> Result<Mapping> {
+        let hint = self.tier_hint(chunk);
+        let cs = self.chunk_size();
+        let order = self
+            .tiers
+            .iter()
+            .filter(|t| t.id() >= hint)
+            .chain(self.tiers.iter().filter(|t| t.id() < hint).rev());
+        for t in order {
+            if let Some(off) = t.allocate(cs)? {
+                return Ok(Mapping {
+                    tier: t.id(),
+                    unit: off / UNIT_BYTES,
+                });
+            }
+        }
+        Err(Error::NoSpace {
+            volume: self.meta.name.clone(),
+            chunk,
+        })
+    }
+
+    fn segment(&self, chunk: u32, within: u64, len: u64, m: Mapping) -> Segment {
+        Segment {
+            chunk,
+            len: len as u32,
+            target: Target::Extent {
+                tier: m.tier,
+                offset: m.unit * UNIT_BYTES + within,
+            },
+        }
+    }
+
+    /// Maps a read into per-chunk segments, pinning allocated chunks.
+    pub fn map_read(&self, offset: u64, len: u64, out: &mut Vec<Segment>) -> Result<()> {
+        self.check_range(offset, len)?;
+        for (chunk, within, n) in self.pieces(offset, len) {
+            out.push(match self.map.pin_read(chunk) {
+                Some(m) => self.segment(chunk, within, n, m),
+                None => Segment {
+                    chunk,
+                    len: n as u32,
+                    target: Target::Zeros,
+                },
+            });
+        }
+        Ok(())
+    }
+
+    /// Maps a write into per-chunk segments, allocating extents for chunks
+    /// that have none (by the tier hint) and pinning every chunk. On error
+    /// nothing stays pinned.
+    pub fn map_write(&self, offset: u64, len: u64, out: &mut Vec<Segment>) -> Result<()> {
+        self.check_range(offset, len)?;
+        let first = out.len();
+        for (chunk, within, n) in self.pieces(offset, len) {
+            let m = match self.map.pin_write(chunk) {
+                WritePin::Mapped(m) => m,
+                WritePin::Unallocated => match self.install_new(chunk) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        self.release(&out[first..]);
+                        out.truncate(first);
+                        return Err(e);
+                    }
+                },
+            };
+            out.push(self.segment(chunk, within, n, m));
+        }
+        Ok(())
+    }
+
+    fn install_new(&self, chunk: u32) -> Result<Mapping> {
+        let m = self.allocate(chunk)?;
+        match self.map.install(chunk, m) {
+            Ok(m) => {
+                lock(&self.pending).changes.push((chunk, m.to_persistent()));
+                Ok(m)
+            }
+            Err(theirs) => {
+                // Never published: safe to reuse at once.
+                self.tier_of(m)?
+                    .free(m.unit * UNIT_BYTES, self.chunk_size());
+                Ok(theirs)
+            }
+        }
+    }
+
+    fn tier_of(&self, m: Mapping) -> Result<&Tier> {
+        self.tiers.get(m.tier).ok_or(Error::MissingTier {
+            volume: self.meta.name.clone(),
+            chunk: u32::MAX,
+            tier: m.tier,
+        })
+    }
+
+    /// Drops the pins taken by `map_read` / `map_write`.
+    pub fn release(&self, segs: &[Segment]) {
+        for s in segs {
+            if let Target::Extent { .. } = s.target {
+                self.map.unpin(s.chunk);
+            }
+        }
+    }
+
+    /// Makes [offset, offset+len) read as zeros. Whole chunks are unmapped
+    /// (their extents freed after the next commit) when `unmap` is set;
+    /// partial chunks, and chunks busy with I/O, are zeroed in place.
+    pub fn zero_range(&self, offset: u64, len: u64, unmap: bool) -> Result<()> {
+        self.check_range(offset, len)?;
+        let cs = self.chunk_size();
+        for (chunk, within, n) in self.pieces(offset, len) {
+            if unmap && n == cs {
+                if let Some(m) = self.map.try_unmap(chunk) {
+                    let mut p = lock(&self.pending);
+                    p.changes.push((chunk, 0));
+                    p.frees.push(m);
+                    continue;
+                }
+            }
+            // Pin so the extent cannot move while we zero it.
+            if let WritePin::Mapped(m) = self.map.pin_write(chunk) {
+                let r = self
+                    .tier_of(m)
+                    .and_then(|t| Ok(t.zero_range(m.unit * UNIT_BYTES + within, n)?));
+                self.map.unpin(chunk);
+                r?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes every completed write durable: syncs the tier devices, then
+    /// commits pending chunk-map changes to the store, then lets freed
+    /// extents be reused. Concurrent flushes are serialized so none returns
+    /// before the changes that preceded it are durable.
+    pub fn flush(&self) -> Result<()> {
+        let _commit = lock(&self.commit_lock);
+        let pending = std::mem::take(&mut *lock(&self.pending));
+        let r = self.sync_and_commit(&pending.changes);
+        if let Err(e) = r {
+            // Keep the changes for the next flush, ahead of newer ones.
+            let mut p = lock(&self.pending);
+            let newer = std::mem::replace(&mut *p, pending);
+            p.changes.extend(newer.changes);
+            p.frees.extend(newer.frees);
+            return Err(e);
+        }
+        for m in pending.frees {
+            if let Some(t) = self.tiers.get(m.tier) {
+                t.free(m.unit * UNIT_BYTES, self.chunk_size());
+            }
+        }
+        Ok(())
+    }
+
+    fn sync_and_commit(&self, changes: &[(u32, u64)]) -> Result<()> {
+        // Data (and the zeroing of new extents) first, then the map that
+        // points at it: a crash in between leaves the old map, which is
+        // still consistent.
+        for t in self.tiers.iter() {
+            t.sync_data()?;
+        }
+        self.store.apply_chunk_changes(&self.meta.name, changes)?;
+        Ok(())
+    }
+
+    /// True when chunk-map changes wait for a flush.
+    pub fn has_pending_changes(&self) -> bool {
+        !lock(&self.pending).changes.is_empty()
+    }
+
+    fn io_err(&self, tier: &Tier, source: std::io::Error) -> Error {
+        Error::Io {
+            volume: self.meta.name.clone(),
+            tier: tier.name().to_string(),
+            source,
+        }
+    }
+
+    /// Reads into a plain buffer (control path, migration, tests).
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let mut segs = Vec::new();
+        self.map_read(offset, buf.len() as u64, &mut segs)?;
+        let r = self.for_each_piece(&segs, |dev, range| match dev {
+            None => {
+                buf[range].fill(0);
+                Ok(())
+            }
+            Some((t, off)) => t
+                .file()
+                .read_exact_at(&mut buf[range], off)
+                .map_err(|e| self.io_err(t, e)),
+        });
+        self.release(&segs);
+        r
+    }
+
+    /// Writes a plain buffer (control path, migration, tests).
+    pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
+        let mut segs = Vec::new();
+        self.map_write(offset, data.len() as u64, &mut segs)?;
+        let r = self.for_each_piece(&segs, |dev, range| match dev {
+            None => Ok(()),
+            Some((t, off)) => t
+                .file()
+                .write_all_at(&data[range], off)
+                .map_err(|e| self.io_err(t, e)),
+        });
+        self.release(&segs);
+        r
+    }
+
+    /// Calls `f` with each segment's device (None for holes) and its byte
+    /// range within the request.
+    fn for_each_piece(
+        &self,
+        segs: &[Segment],
+        mut f: impl FnMut(Option<(&Tier, u64)>, std::ops::Range<usize>) -> Result<()>,
+    ) -> Result<()> {
+        let mut pos = 0usize;
+        for s in segs {
+            let range = pos..pos + s.len as usize;
+            pos = range.end;
+            let dev = match s.target {
+                Target::Zeros => None,
+                Target::Extent { tier, offset } => {
+                    let t = self.tiers.get(tier).ok_or(Error::MissingTier {
+                        volume: self.meta.name.clone(),
+                        chunk: s.chunk,
+                        tier,
+                    })?;
+                    Some((t, offset))
+                }
+            };
+            f(dev, range)?;
+        }
+        Ok(())
+    }
+
+    /// Tiering policy of this volume.
+    pub fn policy(&self) -> TieringPolicy {
+        self.meta.tiering_policy
+    }
+}
+
+#[cfg(test)]
+mod tests;
