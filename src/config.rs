@@ -65,7 +65,7 @@ impl fmt::Display for ByteSize {
             ("KiB", 1 << 10),
         ];
         for (name, unit) in UNITS {
-            if self.0 >= unit && self.0 % unit == 0 {
+            if self.0 >= unit && self.0.is_multiple_of(unit) {
                 return write!(f, "{}{}", self.0 / unit, name);
             }
         }
@@ -474,7 +474,7 @@ fn validate_volume(
             "must be a power of two between 64KiB and 64MiB",
         ));
     }
-    if v.size.0 == 0 || v.size.0 % 512 != 0 {
+    if v.size.0 == 0 || !v.size.0.is_multiple_of(512) {
         return Err(invalid(
             key("size"),
             v.size,

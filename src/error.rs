@@ -10,6 +10,8 @@ pub enum Error {
     Meta(#[from] crate::meta::Error),
     #[error(transparent)]
     Volume(#[from] crate::volume::Error),
+    #[error(transparent)]
+    Daemon(#[from] crate::daemon::Error),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -4,6 +4,7 @@
 
 pub mod blk;
 pub mod config;
+pub mod daemon;
 pub mod error;
 pub mod meta;
 pub mod tier;

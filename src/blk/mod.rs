@@ -3,3 +3,8 @@
 
 /// Bytes of the serial returned by VIRTIO_BLK_T_GET_ID.
 pub const VIRTIO_BLK_ID_BYTES: usize = 20;
+
+pub mod backend;
+pub mod config_space;
+pub mod request;
+pub mod worker;

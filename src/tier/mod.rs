@@ -76,7 +76,7 @@ impl Tier {
     pub fn open(def: &TierDefinition) -> Result<Self> {
         let name = def.name.clone();
         let capacity = def.capacity.0;
-        if capacity % UNIT_BYTES != 0 {
+        if !capacity.is_multiple_of(UNIT_BYTES) {
             return Err(Error::Unaligned {
                 tier: name,
                 capacity,

@@ -1,0 +1,630 @@
+//! One queue's worker: pops descriptor chains, maps them onto the volume's
+//! chunks and submits readv/writev straight between tier devices and guest
+//! memory through this worker's own io_uring. Completions arrive through an
+//! eventfd the ring signals, registered in the queue thread's epoll.
+
+use std::{
+    os::fd::AsRawFd,
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use io_uring::{opcode, squeue, types, IoUring};
+use log::{debug, warn};
+use vhost_user_backend::{VringRwLock, VringT};
+use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK};
+use virtio_queue::QueueT;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::request::{self, GuestBuf, Kind, Limits, Request, RequestBufs, ZeroSegment};
+use crate::{
+    blk::VIRTIO_BLK_ID_BYTES,
+    volume::{Segment, Target, Volume},
+};
+
+pub type GuestMemory = GuestMemoryMmap<()>;
+
+const TIMER_FLAG: u64 = 1 << 16;
+/// Completions reaped per pass over the completion queue.
+const CQE_BATCH: usize = 64;
+const SLOT_MASK: u64 = 0xffff;
+/// Alignment O_DIRECT needs of buffers, lengths and offsets.
+const DIRECT_ALIGN: u64 = 512;
+
+/// State the workers of one connection share with the backend.
+#[derive(Debug)]
+pub struct Shared {
+    pub volume: Arc<Volume>,
+    pub limits: Limits,
+    /// Volatile write cache on (the guest may turn it off via CONFIG_WCE).
+    pub writeback: AtomicBool,
+}
+
+/// One in-flight request.
+struct Slot {
+    head: u16,
+    status: GuestAddress,
+    /// Keeps the guest memory mapped while the kernel may touch it.
+    mem: Option<Arc<GuestMemory>>,
+    /// Host iovecs of the whole data buffer.
+    host: Vec<libc::iovec>,
+    /// Per-operation iovec arrays, back to back; never reallocated while
+    /// operations are in flight.
+    op_iov: Vec<libc::iovec>,
+    segs: Vec<Segment>,
+    kind: Kind,
+    pending: u32,
+    expect: u64,
+    done: u64,
+    failed: bool,
+    used_len: u32,
+    started: Instant,
+    timer: types::Timespec,
+}
+
+impl Slot {
+    fn new(cap: usize) -> Self {
+        Self {
+            head: 0,
+            status: GuestAddress(0),
+            mem: None,
+            host: Vec::with_capacity(cap),
+            op_iov: Vec::with_capacity(cap * 2),
+            segs: Vec::with_capacity(cap),
+            kind: Kind::Read,
+            pending: 0,
+            expect: 0,
+            done: 0,
+            failed: false,
+            used_len: 0,
+            started: Instant::now(),
+            timer: types::Timespec::new(),
+        }
+    }
+}
+
+pub struct Worker {
+    ring: IoUring,
+    completion: EventFd,
+    shared: Arc<Shared>,
+    slots: Vec<Slot>,
+    free: Vec<u16>,
+    inflight: Arc<AtomicUsize>,
+    bufs: RequestBufs,
+    zero_segs: Vec<ZeroSegment>,
+}
+
+#[cfg(test)]
+fn iovec_bytes(iov: &[libc::iovec]) -> u64 {
+    iov.iter().map(|v| v.iov_len as u64).sum()
+}
+
+// SAFETY: the raw pointers in a worker's iovecs point into guest memory
+// that the owning slot keeps mapped (`Slot::mem`); the worker is only ever
+// used by one thread at a time (the backend keeps it behind a mutex), so
+// moving it between threads cannot create shared mutable access.
+unsafe impl Send for Worker {}
+
+impl Worker {
+    pub fn new(shared: Arc<Shared>, queue_size: u16) -> std::io::Result<Self> {
+        let n = queue_size as usize;
+        let ring = IoUring::builder().build((n * 2).next_power_of_two() as u32)?;
+        let completion = EventFd::new(EFD_NONBLOCK)?;
+        ring.submitter().register_eventfd(completion.as_raw_fd())?;
+        Ok(Self {
+            ring,
+            completion,
+            shared,
+            slots: (0..n).map(|_| Slot::new(n)).collect(),
+            free: (0..n as u16).rev().collect(),
+            inflight: Arc::new(AtomicUsize::new(0)),
+            bufs: RequestBufs::with_capacity(n),
+            zero_segs: Vec::with_capacity(request::MAX_DISCARD_SEG as usize),
+        })
+    }
+
+    pub fn completion_fd(&self) -> &EventFd {
+        &self.completion
+    }
+
+    /// Count of requests not yet completed; the backend waits for 0 before
+    /// a queue is stopped.
+    pub fn inflight(&self) -> Arc<AtomicUsize> {
+        self.inflight.clone()
+    }
+
+    /// Handles a kick: processes every available chain, with EVENT_IDX
+    /// re-checking after re-enabling notifications.
+    pub fn process_queue(&mut self, vring: &VringRwLock, mem: &Arc<GuestMemory>, event_idx: bool) {
+        let mut used = false;
+        loop {
+            if event_idx {
+                let _ = vring.disable_notification();
+            }
+            used |= self.pop_all(vring, mem);
+            if !event_idx {
+                break;
+            }
+            match vring.enable_notification() {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(e) => {
+                    warn!("queue: enable_notification: {e}");
+                    break;
+                }
+            }
+        }
+        if let Err(e) = self.ring.submit() {
+            warn!("io_uring submit: {e}");
+        }
+        if used {
+            signal(vring);
+        }
+    }
+
+    fn pop_all(&mut self, vring: &VringRwLock, mem: &Arc<GuestMemory>) -> bool {
+        let mut used = false;
+        loop {
+            let chain = vring
+                .get_mut()
+                .get_queue_mut()
+                .pop_descriptor_chain(mem.clone());
+            let Some(chain) = chain else {
+                return used;
+            };
+            let head = chain.head_index();
+            let parsed = request::parse(chain, &**mem, self.shared.limits, &mut self.bufs);
+            used |= match parsed {
+                Err(r) => {
+                    debug!("queue: rejecting request {head}: {}", r.reason);
+                    complete_now(vring, mem, head, r.status, r.code, 0)
+                }
+                Ok(req) => self.start(vring, mem, head, req),
+            };
+        }
+    }
+
+    /// Starts a request; returns true if it completed at once.
+    fn start(
+        &mut self,
+        vring: &VringRwLock,
+        mem: &Arc<GuestMemory>,
+        head: u16,
+        req: Request,
+    ) -> bool {
+        let ok = VIRTIO_BLK_S_OK as u8;
+        let err = VIRTIO_BLK_S_IOERR as u8;
+        let volume = self.shared.volume.clone();
+        match req.kind {
+            Kind::Read | Kind::Write => {}
+            Kind::Flush => {
+                let st = match volume.flush() {
+                    Ok(()) => ok,
+                    Err(e) => {
+                        warn!("{e}");
+                        err
+                    }
+                };
+                return complete_now(vring, mem, head, Some(req.status), st, 0);
+            }
+            Kind::GetId => {
+                let id = volume.metadata().serial().as_bytes();
+                let mut field = [0u8; VIRTIO_BLK_ID_BYTES];
+                field[..id.len()].copy_from_slice(id);
+                let n = write_stream(mem, &self.bufs.data, &field);
+                let st = if n.is_some() { ok } else { err };
+                return complete_now(vring, mem, head, Some(req.status), st, n.unwrap_or(0));
+            }
+            Kind::Discard | Kind::WriteZeroes => {
+                let limits = self.shared.limits;
+                let st = match request::zero_segments(
+                    &**mem,
+                    req.kind,
+                    &self.bufs.data,
+                    limits,
+                    &mut self.zero_segs,
+                ) {
+                    Err(reason) => {
+                        debug!("queue: rejecting request {head}: {reason}");
+                        err
+                    }
+                    Ok(()) => {
+                        let r = self
+                            .zero_segs
+                            .iter()
+                            .try_for_each(|z| volume.zero_range(z.offset, z.len, z.unmap));
+                        match r {
+                            Ok(()) => ok,
+                            Err(e) => {
+                                warn!("{e}");
+                                err
+                            }
+                        }
+                    }
+                };
+                return complete_now(vring, mem, head, Some(req.status), st, 0);
+            }
+        }
+        let Some(idx) = self.free.pop() else {
+            // More chains in flight than slots: only a misbehaving driver
+            // reuses heads like that.
+            return complete_now(vring, mem, head, Some(req.status), err, 0);
+        };
+        let slot = &mut self.slots[idx as usize];
+        slot.head = head;
+        slot.status = req.status;
+        slot.kind = req.kind;
+        slot.pending = 0;
+        slot.done = 0;
+        slot.failed = false;
+        slot.expect = 0;
+        slot.started = Instant::now();
+        slot.used_len = if req.kind == Kind::Read {
+            req.data_len as u32 + 1
+        } else {
+            1
+        };
+        slot.host.clear();
+        slot.op_iov.clear();
+        slot.segs.clear();
+        if !host_iovecs(mem, &self.bufs.data, &mut slot.host) {
+            self.free.push(idx);
+            return complete_now(vring, mem, head, Some(req.status), err, 0);
+        }
+        let mapped = if req.kind == Kind::Read {
+            volume.map_read(req.offset, req.data_len, &mut slot.segs)
+        } else {
+            volume.map_write(req.offset, req.data_len, &mut slot.segs)
+        };
+        if let Err(e) = mapped {
+            warn!("{e}");
+            self.free.push(idx);
+            return complete_now(vring, mem, head, Some(req.status), err, 0);
+        }
+        slot.mem = Some(mem.clone());
+        self.inflight.fetch_add(1, Ordering::AcqRel);
+        self.submit_segments(idx);
+        if self.slots[idx as usize].pending == 0 {
+            // Nothing to wait for (a read of holes only).
+            return self.finish(vring, idx);
+        }
+        false
+    }
+
+    /// Queues one readv/writev per extent segment; fills holes with zeros.
+    fn submit_segments(&mut self, idx: u16) {
+        let volume = &self.shared.volume;
+        let slot = &mut self.slots[idx as usize];
+        let write = slot.kind == Kind::Write;
+        // Upper bound of per-op iovecs: every chunk boundary splits at most
+        // one host iovec.
+        let need = slot.host.len() + slot.segs.len();
+        if slot.op_iov.capacity() < need {
+            slot.op_iov.reserve(need);
+        }
+        let mut pos = 0u64;
+        for si in 0..slot.segs.len() {
+            let seg = slot.segs[si];
+            let start = slot.op_iov.len();
+            cut_iovecs(&slot.host, pos, seg.len as u64, &mut slot.op_iov);
+            pos += seg.len as u64;
+            match seg.target {
+                Target::Zeros => {
+                    for v in slot.op_iov.drain(start..) {
+                        // SAFETY: `v` was produced by `host_iovecs` from a
+                        // bounds-checked slice of guest memory, which
+                        // `slot.mem` keeps mapped; the guest may race on
+                        // these bytes, which is its own business.
+                        unsafe { std::ptr::write_bytes(v.iov_base as *mut u8, 0, v.iov_len) };
+                    }
+                }
+                Target::Extent { tier, offset } => {
+                    let Some(t) = volume.tiers().get(tier) else {
+                        slot.failed = true;
+                        continue;
+                    };
+                    let iov = &slot.op_iov[start..];
+                    let direct = t.has_direct_io()
+                        && offset % DIRECT_ALIGN == 0
+                        && iov.iter().all(|v| {
+                            (v.iov_base as u64).is_multiple_of(DIRECT_ALIGN)
+                                && (v.iov_len as u64).is_multiple_of(DIRECT_ALIGN)
+                        });
+                    let fd = types::Fd(t.fd(direct));
+                    let ptr = iov.as_ptr();
+                    let n = iov.len() as u32;
+                    let sqe = if write {
+                        opcode::Writev::new(fd, ptr, n).offset(offset).build()
+                    } else {
+                        opcode::Readv::new(fd, ptr, n).offset(offset).build()
+                    };
+                    slot.expect += seg.len as u64;
+                    slot.pending += 1;
+                    push(&mut self.ring, &sqe.user_data(idx as u64));
+                }
+            }
+        }
+    }
+
+    /// Handles the completion eventfd: reaps every CQE.
+    pub fn process_completions(&mut self, vring: &VringRwLock) {
+        let _ = self.completion.read();
+        let mut used = false;
+        let mut batch = [(0u64, 0i32); CQE_BATCH];
+        loop {
+            let mut n = 0;
+            for cqe in self.ring.completion() {
+                batch[n] = (cqe.user_data(), cqe.result());
+                n += 1;
+                if n == CQE_BATCH {
+                    break;
+                }
+            }
+            if n == 0 {
+                break;
+            }
+            for &(data, res) in &batch[..n] {
+                used |= self.on_cqe(vring, data, res);
+            }
+        }
+        if let Err(e) = self.ring.submit() {
+            warn!("io_uring submit: {e}");
+        }
+        if used {
+            signal(vring);
+        }
+    }
+
+    fn on_cqe(&mut self, vring: &VringRwLock, data: u64, res: i32) -> bool {
+        let idx = (data & SLOT_MASK) as u16;
+        if idx as usize >= self.slots.len() {
+            return false;
+        }
+        if data & TIMER_FLAG != 0 {
+            return self.complete(vring, idx);
+        }
+        let slot = &mut self.slots[idx as usize];
+        if res < 0 {
+            warn!(
+                "volume '{}': {} failed: {}",
+                self.shared.volume.name(),
+                if slot.kind == Kind::Write {
+                    "write"
+                } else {
+                    "read"
+                },
+                std::io::Error::from_raw_os_error(-res)
+            );
+            slot.failed = true;
+        } else {
+            slot.done += res as u64;
+        }
+        slot.pending -= 1;
+        if slot.pending == 0 {
+            return self.finish(vring, idx);
+        }
+        false
+    }
+
+    /// All data operations of a request are done: apply emulated tier
+    /// speed and write-through, then complete. Returns true if completed.
+    fn finish(&mut self, vring: &VringRwLock, idx: u16) -> bool {
+        let slot = &mut self.slots[idx as usize];
+        if slot.done != slot.expect {
+            slot.failed = true;
+        }
+        let write = slot.kind == Kind::Write;
+        if write && !slot.failed && !self.shared.writeback.load(Ordering::Relaxed) {
+            if let Err(e) = self.shared.volume.flush() {
+                warn!("{e}");
+                slot.failed = true;
+            }
+        }
+        let delay = emulated_delay(&self.shared.volume, &slot.segs, write, slot.started);
+        if delay > Duration::ZERO && !slot.failed {
+            slot.timer = types::Timespec::new()
+                .sec(delay.as_secs())
+                .nsec(delay.subsec_nanos());
+            let sqe = opcode::Timeout::new(&slot.timer as *const _)
+                .build()
+                .user_data(idx as u64 | TIMER_FLAG);
+            push(&mut self.ring, &sqe);
+            return false;
+        }
+        self.complete(vring, idx)
+    }
+
+    fn complete(&mut self, vring: &VringRwLock, idx: u16) -> bool {
+        let slot = &mut self.slots[idx as usize];
+        self.shared.volume.release(&slot.segs);
+        slot.segs.clear();
+        let Some(mem) = slot.mem.take() else {
+            return false;
+        };
+        let (st, len) = if slot.failed {
+            (VIRTIO_BLK_S_IOERR as u8, 0)
+        } else {
+            (VIRTIO_BLK_S_OK as u8, slot.used_len - 1)
+        };
+        let head = slot.head;
+        let status = slot.status;
+        self.free.push(idx);
+        self.inflight.fetch_sub(1, Ordering::AcqRel);
+        complete_now(vring, &mem, head, Some(status), st, len)
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        // The kernel may still write into guest memory for requests in
+        // flight: wait for them before the mappings they hold are dropped.
+        let mut waited = 0;
+        while self.slots.iter().any(|s| s.mem.is_some()) && waited < 10_000 {
+            let _ = self.ring.submit_and_wait(1);
+            let mut done = Vec::new();
+            for cqe in self.ring.completion() {
+                done.push(cqe.user_data());
+            }
+            for d in done {
+                let slot = &mut self.slots[(d & SLOT_MASK) as usize];
+                if d & TIMER_FLAG == 0 && slot.pending > 0 {
+                    slot.pending -= 1;
+                }
+                if slot.pending == 0 || d & TIMER_FLAG != 0 {
+                    self.shared.volume.release(&slot.segs);
+                    slot.segs.clear();
+                    slot.mem = None;
+                }
+            }
+            waited += 1;
+        }
+    }
+}
+
+/// Pushes an SQE, flushing the submission queue to the kernel when full.
+fn push(ring: &mut IoUring, sqe: &squeue::Entry) {
+    loop {
+        // SAFETY: every buffer the entry points to (iovec arrays, guest
+        // memory, timespec) lives in a slot that stays untouched, with its
+        // guest-memory mapping held, until the entry's completion is reaped.
+        if unsafe { ring.submission().push(sqe) }.is_ok() {
+            return;
+        }
+        if let Err(e) = ring.submit() {
+            warn!("io_uring submit: {e}");
+            std::thread::yield_now();
+        }
+    }
+}
+
+/// Extra completion delay from the emulated speed of the tiers involved.
+fn emulated_delay(volume: &Volume, segs: &[Segment], write: bool, started: Instant) -> Duration {
+    let elapsed = started.elapsed();
+    let mut delay = Duration::ZERO;
+    for s in segs {
+        if let Target::Extent { tier, .. } = s.target {
+            if let Some(e) = volume.tiers().get(tier).and_then(|t| t.emulator()) {
+                delay = delay.max(e.delay(write, s.len as u64, elapsed));
+            }
+        }
+    }
+    delay
+}
+
+/// Writes the status byte (if any) and returns the chain to the guest.
+fn complete_now(
+    vring: &VringRwLock,
+    mem: &GuestMemory,
+    head: u16,
+    status: Option<GuestAddress>,
+    code: u8,
+    data_len: u32,
+) -> bool {
+    let mut len = 0;
+    if let Some(addr) = status {
+        if mem.write_obj(code, addr).is_ok() {
+            len = data_len + 1;
+        }
+    }
+    if let Err(e) = vring.add_used(head, len) {
+        warn!("queue: add_used({head}): {e}");
+        return false;
+    }
+    true
+}
+
+fn signal(vring: &VringRwLock) {
+    match vring.needs_notification() {
+        Ok(true) | Err(_) => {
+            if let Err(e) = vring.signal_used_queue() {
+                warn!("queue: signal: {e}");
+            }
+        }
+        Ok(false) => {}
+    }
+}
+
+/// Translates guest buffers to host iovecs; false if any byte lies outside
+/// guest memory.
+fn host_iovecs(mem: &GuestMemory, bufs: &[GuestBuf], out: &mut Vec<libc::iovec>) -> bool {
+    for &(addr, len) in bufs {
+        for s in mem.get_slices(GuestAddress(addr), len as usize) {
+            let Ok(s) = s else {
+                return false;
+            };
+            out.push(libc::iovec {
+                iov_base: s.ptr_guard_mut().as_ptr() as *mut libc::c_void,
+                iov_len: s.len(),
+            });
+        }
+    }
+    true
+}
+
+/// Appends the iovecs covering bytes [skip, skip+take) of `src`.
+fn cut_iovecs(src: &[libc::iovec], mut skip: u64, mut take: u64, out: &mut Vec<libc::iovec>) {
+    for v in src {
+        if take == 0 {
+            break;
+        }
+        let len = v.iov_len as u64;
+        if skip >= len {
+            skip -= len;
+            continue;
+        }
+        let n = (len - skip).min(take);
+        out.push(libc::iovec {
+            iov_base: (v.iov_base as usize + skip as usize) as *mut libc::c_void,
+            iov_len: n as usize,
+        });
+        take -= n;
+        skip = 0;
+    }
+}
+
+/// Writes `data` to the start of the guest byte stream `bufs`; returns the
+/// bytes written, None if the stream lies outside guest memory.
+fn write_stream(mem: &GuestMemory, bufs: &[GuestBuf], data: &[u8]) -> Option<u32> {
+    let mut pos = 0;
+    for &(addr, len) in bufs {
+        if pos == data.len() {
+            break;
+        }
+        let n = (len as usize).min(data.len() - pos);
+        mem.write_slice(&data[pos..pos + n], GuestAddress(addr))
+            .ok()?;
+        pos += n;
+    }
+    Some(pos as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cut_iovecs_splits_at_byte_offsets() {
+        let base = [0u8; 64];
+        let p = base.as_ptr() as usize;
+        let src = [
+            libc::iovec {
+                iov_base: p as *mut _,
+                iov_len: 10,
+            },
+            libc::iovec {
+                iov_base: (p + 32) as *mut _,
+                iov_len: 20,
+            },
+        ];
+        let mut out = Vec::new();
+        cut_iovecs(&src, 5, 10, &mut out);
+        assert_eq!(out.len(), 2);
+        assert_eq!((out[0].iov_base as usize - p, out[0].iov_len), (5, 5));
+        assert_eq!((out[1].iov_base as usize - p, out[1].iov_len), (32, 5));
+        assert_eq!(iovec_bytes(&out), 10);
+    }
+}
