@@ -8,3 +8,6 @@ pub mod backend;
 pub mod config_space;
 pub mod request;
 pub mod worker;
+
+#[cfg(test)]
+mod tests;
