@@ -289,9 +289,6 @@ pub struct DaemonSettings {
     /// Profiling interval, seconds.
     #[serde(default = "default_epoch_secs")]
     pub epoch_secs: f64,
-    /// Control socket (JSON); none when absent.
-    #[serde(default)]
-    pub api_socket: Option<PathBuf>,
 }
 
 impl Default for DaemonSettings {
@@ -299,7 +296,6 @@ impl Default for DaemonSettings {
         Self {
             state_dir: default_state_dir(),
             epoch_secs: default_epoch_secs(),
-            api_socket: None,
         }
     }
 }
@@ -353,9 +349,6 @@ impl Config {
             }
         };
         fix(&mut self.daemon.state_dir);
-        if let Some(p) = self.daemon.api_socket.as_mut() {
-            fix(p);
-        }
         for t in &mut self.tiers {
             fix(&mut t.path);
         }
