@@ -330,6 +330,8 @@ fn blk_zeroout(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
 #[derive(Debug, Default)]
 pub struct TierSet {
     by_id: Vec<Option<Tier>>,
+    /// Configured tier ids, fastest first.
+    ids: Vec<u8>,
 }
 
 impl TierSet {
@@ -343,7 +345,13 @@ impl TierSet {
             }
             by_id[i] = Some(t);
         }
-        Ok(Self { by_id })
+        let ids = by_id.iter().flatten().map(Tier::id).collect();
+        Ok(Self { by_id, ids })
+    }
+
+    /// Configured tier ids, fastest first.
+    pub fn ids(&self) -> &[u8] {
+        &self.ids
     }
 
     pub fn get(&self, id: u8) -> Option<&Tier> {

@@ -278,12 +278,12 @@ impl Volume {
 
     /// Tier a new extent of `chunk` should go to (the allocation hint).
     pub fn tier_hint(&self, chunk: u32) -> u8 {
-        let ids: Vec<u8> = self.tiers.iter().map(Tier::id).collect();
+        let ids = self.tiers.ids();
         let slowest = *ids.last().expect("a volume has at least one tier");
         if !self.meta.tiering_enabled {
             return self.meta.pinned_tier.unwrap_or(slowest);
         }
-        static_tier_hint(self.meta.tiering_policy, self.score(chunk), &ids)
+        static_tier_hint(self.meta.tiering_policy, self.score(chunk), ids)
     }
 
     /// Allocates an extent for `chunk`: the hinted tier first, then slower
