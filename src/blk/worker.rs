@@ -23,7 +23,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::request::{self, GuestBuf, Kind, Limits, Request, RequestBufs, ZeroSegment};
 use crate::{
     blk::VIRTIO_BLK_ID_BYTES,
-    volume::{Segment, Target, Volume},
+    volume::{FlushTicket, Segment, Target, Volume},
 };
 
 pub type GuestMemory = GuestMemoryMmap<()>;
@@ -64,6 +64,9 @@ struct Slot {
     used_len: u32,
     started: Instant,
     timer: types::Timespec,
+    /// Set while the request syncs the tier devices (FLUSH, or a write in
+    /// write-through mode): the chunk-map changes to commit afterwards.
+    ticket: Option<FlushTicket>,
 }
 
 impl Slot {
@@ -83,6 +86,7 @@ impl Slot {
             used_len: 0,
             started: Instant::now(),
             timer: types::Timespec::new(),
+            ticket: None,
         }
     }
 }
@@ -200,17 +204,7 @@ impl Worker {
         let err = VIRTIO_BLK_S_IOERR as u8;
         let volume = self.shared.volume.clone();
         match req.kind {
-            Kind::Read | Kind::Write => {}
-            Kind::Flush => {
-                let st = match volume.flush() {
-                    Ok(()) => ok,
-                    Err(e) => {
-                        warn!("{e}");
-                        err
-                    }
-                };
-                return complete_now(vring, mem, head, Some(req.status), st, 0);
-            }
+            Kind::Read | Kind::Write | Kind::Flush => {}
             Kind::GetId => {
                 let id = volume.metadata().serial().as_bytes();
                 let mut field = [0u8; VIRTIO_BLK_ID_BYTES];
@@ -268,9 +262,19 @@ impl Worker {
         } else {
             1
         };
+        slot.ticket = None;
         slot.host.clear();
         slot.op_iov.clear();
         slot.segs.clear();
+        if req.kind == Kind::Flush {
+            slot.mem = Some(mem.clone());
+            self.inflight.fetch_add(1, Ordering::AcqRel);
+            self.submit_sync(idx);
+            if self.slots[idx as usize].pending == 0 {
+                return self.finish(vring, idx);
+            }
+            return false;
+        }
         if !host_iovecs(mem, &self.bufs.data, &mut slot.host) {
             self.free.push(idx);
             return complete_now(vring, mem, head, Some(req.status), err, 0);
@@ -350,6 +354,24 @@ impl Worker {
         }
     }
 
+    /// Starts syncing every tier device for a flush: the chunk-map changes
+    /// made so far are committed once the syncs complete.
+    fn submit_sync(&mut self, idx: u16) {
+        let volume = &self.shared.volume;
+        let slot = &mut self.slots[idx as usize];
+        slot.ticket = Some(volume.flush_ticket());
+        slot.expect = 0;
+        slot.done = 0;
+        for t in volume.tiers().iter() {
+            let sqe = opcode::Fsync::new(types::Fd(t.fd(false)))
+                .flags(types::FsyncFlags::DATASYNC)
+                .build()
+                .user_data(idx as u64);
+            slot.pending += 1;
+            push(&mut self.ring, &sqe);
+        }
+    }
+
     /// Handles the completion eventfd: reaps every CQE.
     pub fn process_completions(&mut self, vring: &VringRwLock) {
         let _ = self.completion.read();
@@ -418,12 +440,25 @@ impl Worker {
             slot.failed = true;
         }
         let write = slot.kind == Kind::Write;
-        if write && !slot.failed && !self.shared.writeback.load(Ordering::Relaxed) {
-            if let Err(e) = self.shared.volume.flush() {
-                warn!("{e}");
-                slot.failed = true;
+        if let Some(ticket) = slot.ticket.take() {
+            if !slot.failed {
+                if let Err(e) = self.shared.volume.commit(ticket) {
+                    warn!("{e}");
+                    slot.failed = true;
+                }
             }
+        } else if (slot.kind == Kind::Flush
+            || (write && !self.shared.writeback.load(Ordering::Relaxed)))
+            && !slot.failed
+        {
+            // Write-through: make this write durable before completing it.
+            self.submit_sync(idx);
+            if self.slots[idx as usize].pending > 0 {
+                return false;
+            }
+            return self.finish(vring, idx);
         }
+        let slot = &mut self.slots[idx as usize];
         let delay = emulated_delay(&self.shared.volume, &slot.segs, write, slot.started);
         if delay > Duration::ZERO && !slot.failed {
             slot.timer = types::Timespec::new()

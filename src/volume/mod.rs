@@ -88,14 +88,36 @@ pub struct BlockMetadata {
     pub state: ChunkState,
 }
 
+/// Chunk-map changes not yet in the store, numbered in the order they were
+/// made: a flush commits exactly the changes made before it started.
 #[derive(Debug, Default)]
 struct Pending {
-    /// Chunk-map changes not yet in the store: (chunk, persistent entry).
-    changes: Vec<(u32, u64)>,
-    /// Extents unmapped by those changes; reusable only once they are
-    /// durable, so a crash can never leave two chunks on one extent.
-    frees: Vec<Mapping>,
+    /// (chunk, persistent entry), oldest first; `changes[i]` has sequence
+    /// number `first_seq + i`.
+    changes: std::collections::VecDeque<(u32, u64)>,
+    first_seq: u64,
+    /// Extents unmapped by a change, with that change's sequence number;
+    /// reusable only once the change is durable, so a crash can never leave
+    /// two chunks on one extent.
+    frees: std::collections::VecDeque<(u64, Mapping)>,
 }
+
+impl Pending {
+    fn next_seq(&self) -> u64 {
+        self.first_seq + self.changes.len() as u64
+    }
+
+    fn push(&mut self, chunk: u32, entry: u64, freed: Option<Mapping>) {
+        if let Some(m) = freed {
+            self.frees.push_back((self.next_seq(), m));
+        }
+        self.changes.push_back((chunk, entry));
+    }
+}
+
+/// What a flush must make durable: every chunk-map change made before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlushTicket(u64);
 
 #[derive(Debug)]
 pub struct Volume {
@@ -364,7 +386,7 @@ impl Volume {
         let m = self.allocate(chunk)?;
         match self.map.install(chunk, m) {
             Ok(m) => {
-                lock(&self.pending).changes.push((chunk, m.to_persistent()));
+                lock(&self.pending).push(chunk, m.to_persistent(), None);
                 Ok(m)
             }
             Err(theirs) => {
@@ -402,9 +424,7 @@ impl Volume {
         for (chunk, within, n) in self.pieces(offset, len) {
             if unmap && n == cs {
                 if let Some(m) = self.map.try_unmap(chunk) {
-                    let mut p = lock(&self.pending);
-                    p.changes.push((chunk, 0));
-                    p.frees.push(m);
+                    lock(&self.pending).push(chunk, 0, Some(m));
                     continue;
                 }
             }
@@ -421,37 +441,61 @@ impl Volume {
     }
 
     /// Makes every completed write durable: syncs the tier devices, then
-    /// commits pending chunk-map changes to the store, then lets freed
-    /// extents be reused. Concurrent flushes are serialized so none returns
-    /// before the changes that preceded it are durable.
+    /// commits the chunk-map changes made before the call.
     pub fn flush(&self) -> Result<()> {
-        let _commit = lock(&self.commit_lock);
-        let pending = std::mem::take(&mut *lock(&self.pending));
-        let r = self.sync_and_commit(&pending.changes);
-        if let Err(e) = r {
-            // Keep the changes for the next flush, ahead of newer ones.
-            let mut p = lock(&self.pending);
-            let newer = std::mem::replace(&mut *p, pending);
-            p.changes.extend(newer.changes);
-            p.frees.extend(newer.frees);
-            return Err(e);
+        let ticket = self.flush_ticket();
+        for t in self.tiers.iter() {
+            t.sync_data()?;
         }
-        for m in pending.frees {
+        self.commit(ticket)
+    }
+
+    /// Starts a flush: the changes it covers are those made so far. The
+    /// caller then syncs every tier device (e.g. with io_uring fsync) and
+    /// calls `commit`.
+    pub fn flush_ticket(&self) -> FlushTicket {
+        FlushTicket(lock(&self.pending).next_seq())
+    }
+
+    /// Second half of a flush, once the tier devices are synced: commits the
+    /// chunk-map changes the ticket covers in one durable transaction, then
+    /// lets the extents they unmapped be reused. Data (and the zeroing of
+    /// new extents) is synced before the map that points at it, so a crash
+    /// in between leaves the old, consistent map. Commits are serialized:
+    /// a flush that finds its changes being committed by another waits for
+    /// that commit instead of returning early.
+    pub fn commit(&self, ticket: FlushTicket) -> Result<()> {
+        let _commit = lock(&self.commit_lock);
+        let (changes, frees, first) = {
+            let mut p = lock(&self.pending);
+            let n = ticket.0.saturating_sub(p.first_seq) as usize;
+            if n == 0 {
+                return Ok(());
+            }
+            let changes: Vec<_> = p.changes.drain(..n).collect();
+            let first = p.first_seq;
+            p.first_seq += n as u64;
+            let k = p.frees.iter().take_while(|f| f.0 < ticket.0).count();
+            let frees: Vec<_> = p.frees.drain(..k).collect();
+            (changes, frees, first)
+        };
+        if let Err(e) = self.store.apply_chunk_changes(&self.meta.name, &changes) {
+            // Put them back, ahead of newer ones, for the next flush.
+            let mut p = lock(&self.pending);
+            for c in changes.into_iter().rev() {
+                p.changes.push_front(c);
+            }
+            for f in frees.into_iter().rev() {
+                p.frees.push_front(f);
+            }
+            p.first_seq = first;
+            return Err(e.into());
+        }
+        for (_, m) in frees {
             if let Some(t) = self.tiers.get(m.tier) {
                 t.free(m.unit * UNIT_BYTES, self.chunk_size());
             }
         }
-        Ok(())
-    }
-
-    fn sync_and_commit(&self, changes: &[(u32, u64)]) -> Result<()> {
-        // Data (and the zeroing of new extents) first, then the map that
-        // points at it: a crash in between leaves the old map, which is
-        // still consistent.
-        for t in self.tiers.iter() {
-            t.sync_data()?;
-        }
-        self.store.apply_chunk_changes(&self.meta.name, changes)?;
         Ok(())
     }
 

@@ -242,3 +242,24 @@ fn concurrent_first_writes_to_one_chunk_share_one_extent() {
             .all(|&b| b == i as u8 + 1));
     }
 }
+
+#[test]
+fn flush_commits_only_changes_made_before_it() {
+    let f = Fixture::new(1 << 20);
+    let v = f.open(vol_meta(1 << 20)).unwrap();
+    v.write_at(0, &[1u8; 512]).unwrap();
+    let ticket = v.flush_ticket();
+    v.write_at(CHUNK, &[2u8; 512]).unwrap(); // after the flush started
+    v.commit(ticket).unwrap();
+    assert!(
+        v.has_pending_changes(),
+        "the later allocation waits for its own flush"
+    );
+    assert_eq!(v.store().chunk_map("v").unwrap().len(), 1);
+    // An older ticket commits nothing more.
+    v.commit(ticket).unwrap();
+    assert_eq!(v.store().chunk_map("v").unwrap().len(), 1);
+    v.flush().unwrap();
+    assert!(!v.has_pending_changes());
+    assert_eq!(v.store().chunk_map("v").unwrap().len(), 2);
+}
