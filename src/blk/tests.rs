@@ -32,6 +32,7 @@ const DATA: u64 = 0x20_0000;
 const STATUS: u64 = 0x30_0000;
 
 struct Rig {
+    volume: Arc<Volume>,
     _dir: tempfile::TempDir,
     /// Leaked so the mock queue can borrow it for the whole test.
     mem: &'static GuestMemoryMmap<()>,
@@ -69,6 +70,10 @@ serial = "serial-0123"
 
 impl Rig {
     fn new() -> Self {
+        Self::with_writeback(true)
+    }
+
+    fn with_writeback(writeback: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mem: &'static GuestMemoryMmap<()> = Box::leak(Box::new(
             GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap(),
@@ -88,10 +93,12 @@ impl Rig {
                 read_only: false,
             },
             volume,
-            writeback: AtomicBool::new(true),
+            writeback: AtomicBool::new(writeback),
         });
+        let volume = shared.volume.clone();
         let worker = Worker::new(shared, QSIZE).unwrap();
         Self {
+            volume,
             _dir: dir,
             mem,
             q,
@@ -326,4 +333,33 @@ fn flush_and_discard_complete_ok() {
         r.submit(&[(HDR, 16, false), (DATA, 16, false), (STATUS, 1, true)]),
         (1, IOERR)
     );
+}
+
+#[test]
+fn flush_commits_the_allocation_of_an_earlier_write() {
+    let mut r = Rig::new();
+    r.header(VIRTIO_BLK_T_OUT, 0);
+    assert_eq!(
+        r.submit(&[(HDR, 16, false), (DATA, 512, false), (STATUS, 1, true)])
+            .1,
+        OK
+    );
+    assert!(r.volume.has_pending_changes());
+    r.header(VIRTIO_BLK_T_FLUSH, 0);
+    assert_eq!(r.submit(&[(HDR, 16, false), (STATUS, 1, true)]), (1, OK));
+    assert!(!r.volume.has_pending_changes());
+    assert_eq!(r.volume.store().chunk_map("v").unwrap().len(), 1);
+}
+
+#[test]
+fn write_through_mode_makes_each_write_durable_before_completion() {
+    let mut r = Rig::with_writeback(false);
+    r.header(VIRTIO_BLK_T_OUT, 256);
+    assert_eq!(
+        r.submit(&[(HDR, 16, false), (DATA, 4096, false), (STATUS, 1, true)])
+            .1,
+        OK
+    );
+    assert!(!r.volume.has_pending_changes());
+    assert_eq!(r.volume.store().chunk_map("v").unwrap().len(), 1);
 }
