@@ -7,6 +7,7 @@ pub mod config;
 pub mod daemon;
 pub mod error;
 pub mod meta;
+pub mod migrate;
 pub mod tier;
 pub mod volume;
 

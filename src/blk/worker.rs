@@ -475,7 +475,11 @@ impl Worker {
 
     fn complete(&mut self, vring: &VringRwLock, idx: u16) -> bool {
         let slot = &mut self.slots[idx as usize];
-        self.shared.volume.release(&slot.segs);
+        if slot.kind == Kind::Write {
+            self.shared.volume.release_written(&slot.segs);
+        } else {
+            self.shared.volume.release(&slot.segs);
+        }
         slot.segs.clear();
         let Some(mem) = slot.mem.take() else {
             return false;
@@ -510,7 +514,7 @@ impl Drop for Worker {
                     slot.pending -= 1;
                 }
                 if slot.pending == 0 || d & TIMER_FLAG != 0 {
-                    self.shared.volume.release(&slot.segs);
+                    self.shared.volume.release_written(&slot.segs);
                     slot.segs.clear();
                     slot.mem = None;
                 }

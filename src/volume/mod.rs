@@ -3,6 +3,7 @@
 //! flush do to the volume), free of virtio, testable with plain buffers.
 
 pub mod chunk_map;
+pub mod dirty;
 
 use std::{
     os::unix::fs::FileExt,
@@ -131,6 +132,8 @@ pub struct Volume {
     store: Arc<Store>,
     pending: Mutex<Pending>,
     commit_lock: Mutex<()>,
+    /// Writes that land on chunks being migrated.
+    dirty: dirty::DirtyTracker,
 }
 
 /// Score → tier by the seed's thresholds (≥ 0.8 fastest, ≥ 0.3 middle, else
@@ -208,6 +211,7 @@ impl Volume {
             store,
             pending: Mutex::default(),
             commit_lock: Mutex::new(()),
+            dirty: dirty::DirtyTracker::default(),
         })
     }
 
@@ -415,6 +419,31 @@ impl Volume {
         }
     }
 
+    /// Like `release`, for segments that were written: a write that lands
+    /// on a chunk being migrated is recorded (before its pin is dropped) so
+    /// the mover copies that part again.
+    pub fn release_written(&self, segs: &[Segment]) {
+        for s in segs {
+            if let Target::Extent { offset, .. } = s.target {
+                if self.map.state(s.chunk) == ChunkState::Migrating {
+                    let cs = self.chunk_size();
+                    let bits = dirty::part_bits(offset & (cs - 1), s.len as u64, cs);
+                    self.dirty.mark(s.chunk, bits);
+                }
+                self.map.unpin(s.chunk);
+            }
+        }
+    }
+
+    pub fn dirty_tracker(&self) -> &dirty::DirtyTracker {
+        &self.dirty
+    }
+
+    /// Serializes chunk-map commits (flushes and migration switches).
+    pub(crate) fn commit_lock(&self) -> MutexGuard<'_, ()> {
+        lock(&self.commit_lock)
+    }
+
     /// Makes [offset, offset+len) read as zeros. Whole chunks are unmapped
     /// (their extents freed after the next commit) when `unmap` is set;
     /// partial chunks, and chunks busy with I/O, are zeroed in place.
@@ -430,10 +459,16 @@ impl Volume {
             }
             // Pin so the extent cannot move while we zero it.
             if let WritePin::Mapped(m) = self.map.pin_write(chunk) {
-                let r = self
-                    .tier_of(m)
-                    .and_then(|t| Ok(t.zero_range(m.unit * UNIT_BYTES + within, n)?));
-                self.map.unpin(chunk);
+                let offset = m.unit * UNIT_BYTES + within;
+                let r = self.tier_of(m).and_then(|t| Ok(t.zero_range(offset, n)?));
+                self.release_written(&[Segment {
+                    chunk,
+                    len: n as u32,
+                    target: Target::Extent {
+                        tier: m.tier,
+                        offset,
+                    },
+                }]);
                 r?;
             }
         }
@@ -541,7 +576,7 @@ impl Volume {
                 .write_all_at(&data[range], off)
                 .map_err(|e| self.io_err(t, e)),
         });
-        self.release(&segs);
+        self.release_written(&segs);
         r
     }
 

@@ -1,0 +1,262 @@
+//! Background chunk migration by shadow clone (DESIGN decision 5): copy a
+//! chunk to a new extent while the guest keeps using the old one, recopy
+//! the parts it wrote meanwhile, then hold the chunk for a moment, copy the
+//! last written parts, commit the new mapping durably and switch. A crash
+//! at any point leaves either the old or the new extent authoritative.
+
+mod rate;
+
+use std::{
+    os::unix::fs::FileExt,
+    time::{Duration, Instant},
+};
+
+pub use rate::RateLimiter;
+
+use crate::{
+    tier::{Tier, UNIT_BYTES},
+    volume::{dirty::PARTS, Mapping, Volume},
+};
+
+/// Copy passes while the guest keeps writing, before holding the chunk.
+const MAX_LIVE_PASSES: usize = 4;
+/// How long the mover waits for in-flight I/O on the chunk to drain before
+/// giving up on this chunk for now.
+const HOLD_TIMEOUT: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Volume(#[from] crate::volume::Error),
+    #[error(transparent)]
+    Tier(#[from] crate::tier::Error),
+    #[error(transparent)]
+    Meta(#[from] crate::meta::Error),
+    #[error("volume '{volume}': copying chunk {chunk} from tier '{from}' to '{to}': {source}")]
+    Copy {
+        volume: String,
+        chunk: u32,
+        from: String,
+        to: String,
+        source: std::io::Error,
+    },
+    #[error("volume '{volume}': no tier {tier}")]
+    NoTier { volume: String, tier: u8 },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// What happened to one requested move.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Moved { from: u8, to: u8 },
+    Skipped(SkipReason),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SkipReason {
+    /// No extent (nothing to move) or another migration holds it.
+    NotMovable,
+    AlreadyThere,
+    TargetFull,
+    /// Guest I/O did not drain in time; try again later.
+    Busy,
+    /// All migration slots of the volume are in use.
+    TooManyMigrations,
+}
+
+/// Moves `chunk` of `volume` to tier `to`. Never loses data: on any error
+/// or skip the chunk stays where it was.
+pub fn migrate_chunk(
+    volume: &Volume,
+    chunk: u32,
+    to: u8,
+    limiter: &mut RateLimiter,
+) -> Result<Outcome> {
+    let map = volume.chunk_map();
+    if map.get(chunk).is_some_and(|m| m.tier == to) {
+        return Ok(Outcome::Skipped(SkipReason::AlreadyThere));
+    }
+    let target = volume.tiers().get(to).ok_or(Error::NoTier {
+        volume: volume.name().to_string(),
+        tier: to,
+    })?;
+    // Register for dirty tracking before writers can see MIGRATING.
+    let Some(slot) = volume.dirty_tracker().register(chunk) else {
+        return Ok(Outcome::Skipped(SkipReason::TooManyMigrations));
+    };
+    let Some(from) = map.begin_migration(chunk) else {
+        volume.dirty_tracker().unregister(slot);
+        return Ok(Outcome::Skipped(SkipReason::NotMovable));
+    };
+    let abort = |new: Option<u64>| {
+        map.end_migration(chunk, None);
+        volume.dirty_tracker().unregister(slot);
+        if let Some(off) = new {
+            target.free(off, volume.chunk_size());
+        }
+    };
+    if from.tier == to {
+        abort(None);
+        return Ok(Outcome::Skipped(SkipReason::AlreadyThere));
+    }
+    match clone_and_switch(volume, chunk, from, target, slot, limiter) {
+        Ok(Some(_new)) => {
+            volume.dirty_tracker().unregister(slot);
+            if let Some(t) = volume.tiers().get(from.tier) {
+                t.free(from.unit * UNIT_BYTES, volume.chunk_size());
+            }
+            Ok(Outcome::Moved {
+                from: from.tier,
+                to,
+            })
+        }
+        Ok(None) => {
+            abort(None);
+            Ok(Outcome::Skipped(SkipReason::TargetFull))
+        }
+        Err(Failure::Busy(new)) => {
+            abort(Some(new));
+            Ok(Outcome::Skipped(SkipReason::Busy))
+        }
+        Err(Failure::Error(e, new)) => {
+            abort(new);
+            Err(*e)
+        }
+    }
+}
+
+enum Failure {
+    /// In-flight I/O did not drain; the new extent is to be freed.
+    Busy(u64),
+    Error(Box<Error>, Option<u64>),
+}
+
+type CloneResult = std::result::Result<Option<Mapping>, Failure>;
+
+/// Copies, holds, commits and switches. Ok(None): target tier full. On
+/// failure the new extent's offset (if allocated) is returned for cleanup;
+/// the chunk is left migrating (and possibly held) for the caller to end.
+fn clone_and_switch(
+    volume: &Volume,
+    chunk: u32,
+    from: Mapping,
+    target: &Tier,
+    slot: usize,
+    limiter: &mut RateLimiter,
+) -> CloneResult {
+    let map = volume.chunk_map();
+    let cs = volume.chunk_size();
+    // The chunk's own allocation may still wait for a flush; commit it
+    // first, so the switch below is the only change to this chunk.
+    if volume.has_pending_changes() {
+        volume
+            .flush()
+            .map_err(|e| Failure::Error(Box::new(e.into()), None))?;
+    }
+    let Some(new_off) = target
+        .allocate(cs)
+        .map_err(|e| Failure::Error(Box::new(e.into()), None))?
+    else {
+        return Ok(None);
+    };
+    let fail = |e: Error| Failure::Error(Box::new(e), Some(new_off));
+    let source = volume.tiers().get(from.tier).ok_or_else(|| {
+        fail(Error::NoTier {
+            volume: volume.name().to_string(),
+            tier: from.tier,
+        })
+    })?;
+    let old_off = from.unit * UNIT_BYTES;
+    let copier = Copier {
+        volume,
+        chunk,
+        source,
+        target,
+        old_off,
+        new_off,
+        part: cs / PARTS,
+    };
+    let mut buf = vec![0u8; copier.part as usize];
+    let mut dirty = u64::MAX;
+    for _ in 0..MAX_LIVE_PASSES {
+        copier.copy(dirty, &mut buf, Some(limiter)).map_err(fail)?;
+        dirty = volume.dirty_tracker().take(slot);
+        if dirty == 0 {
+            break;
+        }
+    }
+    target.sync_data().map_err(|e| fail(e.into()))?;
+    // Hold new I/O on the chunk once the I/O in flight has drained.
+    let deadline = Instant::now() + HOLD_TIMEOUT;
+    while !map.try_hold_idle(chunk) {
+        if Instant::now() > deadline {
+            return Err(Failure::Busy(new_off));
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    // Held: no I/O in flight or starting. Copy what was written last.
+    let last = dirty | volume.dirty_tracker().take(slot);
+    if last != 0 {
+        copier.copy(last, &mut buf, None).map_err(fail)?;
+        target.sync_data().map_err(|e| fail(e.into()))?;
+    }
+    let to = Mapping {
+        tier: target.id(),
+        unit: new_off / UNIT_BYTES,
+    };
+    {
+        let _commit = volume.commit_lock();
+        volume
+            .store()
+            .apply_chunk_changes(volume.name(), &[(chunk, to.to_persistent())])
+            .map_err(|e| fail(e.into()))?;
+    }
+    map.end_migration(chunk, Some(to));
+    Ok(Some(to))
+}
+
+struct Copier<'a> {
+    volume: &'a Volume,
+    chunk: u32,
+    source: &'a Tier,
+    target: &'a Tier,
+    old_off: u64,
+    new_off: u64,
+    part: u64,
+}
+
+impl Copier<'_> {
+    /// Copies the parts whose bits are set in `parts`.
+    fn copy(
+        &self,
+        parts: u64,
+        buf: &mut [u8],
+        mut limiter: Option<&mut RateLimiter>,
+    ) -> Result<()> {
+        for i in 0..PARTS {
+            if parts & (1 << i) == 0 {
+                continue;
+            }
+            if let Some(l) = limiter.as_deref_mut() {
+                l.acquire(self.part);
+            }
+            let off = i * self.part;
+            self.source
+                .file()
+                .read_exact_at(buf, self.old_off + off)
+                .and_then(|()| self.target.file().write_all_at(buf, self.new_off + off))
+                .map_err(|source| Error::Copy {
+                    volume: self.volume.name().to_string(),
+                    chunk: self.chunk,
+                    from: self.source.name().to_string(),
+                    to: self.target.name().to_string(),
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,168 @@
+use std::{
+    path::Path,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+};
+
+use super::*;
+use crate::{config::Config, meta::Store, tier::TierSet, volume::ChunkState};
+
+const CHUNK: u64 = 64 * 1024;
+
+fn config(dir: &Path, cap0: &str) -> Config {
+    let mut s = String::new();
+    for i in 0..3 {
+        let p = dir.join(format!("t{i}"));
+        std::fs::create_dir_all(&p).unwrap();
+        s += &format!(
+            "[[tier]]\ntier_id = {i}\nname = \"t{i}\"\ncapacity = \"{}\"\ncost_per_gb = 0.1\npath = \"{}\"\n\
+             performance_metrics = {{ read_latency_us = 1, write_latency_us = 1, bandwidth_mibps = 1 }}\n",
+            if i == 0 { cap0 } else { "1MiB" },
+            p.display()
+        );
+    }
+    s += "[[volume]]\nname = \"v\"\nsize = \"1MiB\"\nchunk_size = \"64KiB\"\nsocket = \"/tmp/unused\"\n";
+    Config::parse(&s).unwrap()
+}
+
+fn open(dir: &Path) -> Arc<Volume> {
+    open_with(dir, "1MiB")
+}
+
+fn open_with(dir: &Path, cap0: &str) -> Arc<Volume> {
+    let cfg = config(dir, cap0);
+    let tiers = Arc::new(TierSet::open(&cfg.tiers).unwrap());
+    let store = Arc::new(Store::open(&dir.join("state")).unwrap());
+    Arc::new(Volume::open(cfg.volumes[0].clone(), tiers, store).unwrap())
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(13) ^ seed)
+        .collect()
+}
+
+#[test]
+fn moved_chunk_keeps_data_and_new_mapping_survives_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = pattern(CHUNK as usize, 1);
+    {
+        let v = open(dir.path());
+        v.write_at(3 * CHUNK, &data).unwrap();
+        let from = v.block_metadata(3).tier.unwrap();
+        let to = if from == 0 { 2 } else { 0 };
+        let mut l = RateLimiter::new(0.0);
+        let out = migrate_chunk(&v, 3, to, &mut l).unwrap();
+        assert_eq!(out, Outcome::Moved { from, to });
+        assert_eq!(v.block_metadata(3).tier, Some(to));
+        assert_eq!(v.block_metadata(3).state, ChunkState::Allocated);
+        let mut back = vec![0u8; data.len()];
+        v.read_at(3 * CHUNK, &mut back).unwrap();
+        assert_eq!(back, data);
+        assert_eq!(
+            v.tiers().get(from).unwrap().usage().0,
+            0,
+            "old extent freed"
+        );
+        // No flush: the switch itself is durable.
+    }
+    let v = open(dir.path());
+    let mut back = vec![0u8; data.len()];
+    v.read_at(3 * CHUNK, &mut back).unwrap();
+    assert_eq!(back, data);
+    let used: u64 = v.tiers().iter().map(|t| t.usage().0).sum();
+    assert_eq!(used, CHUNK, "exactly one extent referenced after restart");
+}
+
+#[test]
+fn unallocated_chunk_and_same_tier_are_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = open(dir.path());
+    let mut l = RateLimiter::new(0.0);
+    assert_eq!(
+        migrate_chunk(&v, 0, 0, &mut l).unwrap(),
+        Outcome::Skipped(SkipReason::NotMovable)
+    );
+    v.write_at(0, &[1u8; 512]).unwrap();
+    let t = v.block_metadata(0).tier.unwrap();
+    assert_eq!(
+        migrate_chunk(&v, 0, t, &mut l).unwrap(),
+        Outcome::Skipped(SkipReason::AlreadyThere)
+    );
+}
+
+#[test]
+fn full_target_tier_leaves_chunk_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = open_with(dir.path(), "128KiB"); // tier 0 holds two chunks
+    for c in 0..2u32 {
+        v.set_score(c, 1.0);
+        v.write_at(c as u64 * CHUNK, &[2u8; 512]).unwrap();
+    }
+    v.set_score(2, 0.0);
+    let data = pattern(CHUNK as usize, 9);
+    v.write_at(2 * CHUNK, &data).unwrap();
+    assert_eq!(v.block_metadata(2).tier, Some(2));
+    let mut l = RateLimiter::new(0.0);
+    assert_eq!(
+        migrate_chunk(&v, 2, 0, &mut l).unwrap(),
+        Outcome::Skipped(SkipReason::TargetFull)
+    );
+    assert_eq!(v.block_metadata(2).tier, Some(2));
+    assert_eq!(v.block_metadata(2).state, ChunkState::Allocated);
+    let mut back = vec![0u8; data.len()];
+    v.read_at(2 * CHUNK, &mut back).unwrap();
+    assert_eq!(back, data);
+}
+
+#[test]
+fn writes_during_migration_are_not_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = open(dir.path());
+    let block = 4096usize;
+    let blocks = (CHUNK as usize) / block;
+    v.write_at(0, &vec![0u8; CHUNK as usize]).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let v = v.clone();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            // Model of what each block must hold at the end.
+            let mut model = vec![0u8; blocks];
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let b = (i.wrapping_mul(2654435761) % blocks as u64) as usize;
+                let val = (i % 251) as u8 + 1;
+                v.write_at((b * block) as u64, &vec![val; block]).unwrap();
+                model[b] = val;
+            }
+            model
+        })
+    };
+    let mut l = RateLimiter::new(0.0);
+    let mut moved = 0;
+    for round in 0..30 {
+        let to = [0u8, 2, 1][round % 3];
+        if let Outcome::Moved { .. } = migrate_chunk(&v, 0, to, &mut l).unwrap() {
+            moved += 1;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let model = writer.join().unwrap();
+    assert!(moved >= 10, "only {moved} migrations happened");
+    let mut back = vec![0u8; CHUNK as usize];
+    v.read_at(0, &mut back).unwrap();
+    for (b, &want) in model.iter().enumerate() {
+        let got = &back[b * block..(b + 1) * block];
+        assert!(
+            got.iter().all(|&x| x == want),
+            "block {b}: want {want}, got {}",
+            got[0]
+        );
+    }
+    let used: u64 = v.tiers().iter().map(|t| t.usage().0).sum();
+    assert_eq!(used, CHUNK, "no extent leaked");
+}
