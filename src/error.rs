@@ -4,6 +4,14 @@
 pub enum Error {
     #[error(transparent)]
     Config(#[from] crate::config::Error),
+    #[error(transparent)]
+    Trace(#[from] crate::trace::Error),
+    #[error(transparent)]
+    Profile(#[from] crate::profile::Error),
+    #[error(transparent)]
+    Predict(#[from] crate::predict::Error),
+    #[error(transparent)]
+    Replay(#[from] crate::replay::Error),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -4,6 +4,12 @@
 
 pub mod blk;
 pub mod config;
+pub mod cost;
 pub mod error;
+pub mod place;
+pub mod predict;
+pub mod profile;
+pub mod replay;
+pub mod trace;
 
 pub use error::{Error, Result};
