@@ -59,16 +59,21 @@ pub fn tier_for_score(policy: TieringPolicy, score: f32, tiers_fastest_first: &[
 }
 
 /// Whether a chunk that just missed the fastest tier should be promoted
-/// now (between epochs) rather than wait for the next plan: only when it
-/// is hot enough for the fastest tier under `policy` and, if the tier is
-/// full, hotter than the coldest resident it would displace by `margin`.
-pub fn admit_on_miss(policy: TieringPolicy, score: f32, victim_score: Option<f32>, margin: f32) -> bool {
-    let threshold = match policy {
-        TieringPolicy::Default => HOT,
-        TieringPolicy::PerformanceOptimized => PERF_MIN,
-        TieringPolicy::CostOptimized => COST_HOT,
+/// now (between epochs) rather than wait for the next plan. `priority` is
+/// the chunk's predicted score (raised to the model's first-touch score
+/// once it is accessed in the current epoch); `victim` is the priority of
+/// the coldest resident the promotion would displace, `None` when the tier
+/// has room. Ties go to the newcomer (recency breaks ties, as in LRU):
+/// - performance-optimized: any chunk at least as hot as the victim;
+/// - default: the same, but never a chunk below the warm threshold (0.3);
+/// - cost-optimized: only chunks at or above the hot threshold (0.8).
+pub fn admit_on_miss(policy: TieringPolicy, priority: f32, victim: Option<f32>) -> bool {
+    let floor = match policy {
+        TieringPolicy::PerformanceOptimized => 0.0,
+        TieringPolicy::Default => WARM,
+        TieringPolicy::CostOptimized => HOT,
     };
-    score >= threshold && victim_score.is_none_or(|v| score > v + margin)
+    priority >= floor && victim.is_none_or(|v| priority >= v)
 }
 
 #[cfg(test)]
@@ -124,9 +129,11 @@ mod tests {
     #[test]
     fn miss_admission_needs_heat_and_a_colder_victim() {
         let p = TieringPolicy::Default;
-        assert!(admit_on_miss(p, 0.9, None, 0.05));
-        assert!(!admit_on_miss(p, 0.7, None, 0.05));
-        assert!(!admit_on_miss(p, 0.9, Some(0.88), 0.05));
-        assert!(admit_on_miss(p, 0.9, Some(0.5), 0.05));
+        assert!(admit_on_miss(p, 0.5, None));
+        assert!(!admit_on_miss(p, 0.2, None));
+        assert!(!admit_on_miss(p, 0.5, Some(0.6)));
+        assert!(admit_on_miss(p, 0.5, Some(0.5)), "ties go to the newcomer");
+        assert!(admit_on_miss(TieringPolicy::PerformanceOptimized, 0.01, Some(0.01)));
+        assert!(!admit_on_miss(TieringPolicy::CostOptimized, 0.7, None));
     }
 }

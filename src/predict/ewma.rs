@@ -44,6 +44,10 @@ impl Predictor for Ewma {
         "ewma".into()
     }
 
+    fn first_touch_score(&mut self) -> f32 {
+        self.score(self.alpha)
+    }
+
     fn predict(&mut self, history: &History, out: &mut HeatMap) {
         let n = history.len();
         if self.rate.len() != n {

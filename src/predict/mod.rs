@@ -55,6 +55,11 @@ pub trait Predictor: Send {
     /// (resized to the history's length). Called once per epoch, after the
     /// epoch's counters were folded into `history`.
     fn predict(&mut self, history: &History, out: &mut HeatMap);
+
+    /// The score this predictor gives a chunk whose only history is one
+    /// access in the latest epoch. Placement uses it as the provisional
+    /// score of a chunk touched between two predictions.
+    fn first_touch_score(&mut self) -> f32;
 }
 
 /// Names `prediction_model` accepts besides a file path.

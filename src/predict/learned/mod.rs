@@ -31,6 +31,7 @@ pub struct LearnedPredictor {
     net: Net,
     device: Device,
     idle_score: f32,
+    touch_score: f32,
     cand: Candidates,
     /// Candidates of the previous epoch, reset to the idle score next time.
     prev: Vec<u32>,
@@ -49,6 +50,7 @@ impl LearnedPredictor {
             net,
             device,
             idle_score: 0.0,
+            touch_score: 0.0,
             cand: Candidates::default(),
             prev: Vec::new(),
             flat: Vec::new(),
@@ -62,6 +64,14 @@ impl LearnedPredictor {
         let mut stat = [0f32; N_FEATURES];
         sequence_features(&h, None, &mut seq, &mut stat);
         p.idle_score = p.score_rows(&row, &seq, 1)[0];
+        // One read in the latest epoch, nothing else.
+        let mut h = History::new(1);
+        let c = crate::profile::ChunkCounters::new(1);
+        c.record_read(0, 4096);
+        h.fold(&c);
+        chunk_features(&h, Some(0), &mut row);
+        sequence_features(&h, Some(0), &mut seq, &mut stat);
+        p.touch_score = p.score_rows(&row, &seq, 1)[0];
         p
     }
 
@@ -136,6 +146,10 @@ impl LearnedPredictor {
 impl Predictor for LearnedPredictor {
     fn name(&self) -> String {
         format!("learned-{}", self.header.arch)
+    }
+
+    fn first_touch_score(&mut self) -> f32 {
+        self.touch_score
     }
 
     fn predict(&mut self, history: &History, out: &mut HeatMap) {
