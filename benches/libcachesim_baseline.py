@@ -154,6 +154,7 @@ def main():
         "accesses": len(ids), "footprint_chunks": footprint, "fast_chunks": fast,
         "libcachesim": lcs_hits, "best_online": best_online,
         "tierblk": {k: {"hit_ratio": v["hit_ratio"], "bytes_promoted": v["bytes_promoted"],
+                        "bytes_promoted_fast": v["bytes_promoted_fast"],
                         "mean_latency_us": v["mean_latency_us"], "p99_latency_us": v["p99_latency_us"],
                         "cost_per_month": v["cost_per_month"], "predict_secs": v["predict_secs"]}
                     for k, v in runs.items()},
@@ -167,7 +168,7 @@ def main():
         for k in POLICIES:
             print(f"  libCacheSim {k:<8} hit ratio {lcs_hits[k]:.4f}")
         for k, v in runs.items():
-            print(f"  tierblk {k:<16} hit ratio {v['hit_ratio']:.4f}  promoted {v['bytes_promoted'] / 2**20:10.1f} MiB")
+            print(f"  tierblk {k:<16} hit ratio {v['hit_ratio']:.4f}  promoted to tier 0 {v['bytes_promoted_fast'] / 2**20:10.1f} MiB")
         print("  LRU check:", "ok" if ok else "; ".join(problems))
     sys.exit(0 if ok else 1)
 

@@ -78,9 +78,7 @@ impl FromStr for ByteSize {
 
     fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
         let t = s.trim();
-        let split = t
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(t.len());
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
         let n: u64 = num
             .parse()
@@ -421,7 +419,11 @@ fn validate_tier(t: &TierDefinition, key: &dyn Fn(&str) -> String) -> Result<()>
         return Err(invalid(key("name"), &t.name, "must be 1..=64 characters"));
     }
     if t.capacity.0 == 0 {
-        return Err(invalid(key("capacity"), t.capacity, "must be greater than 0"));
+        return Err(invalid(
+            key("capacity"),
+            t.capacity,
+            "must be greater than 0",
+        ));
     }
     if !(t.cost_per_gb.is_finite() && t.cost_per_gb >= 0.0) {
         return Err(invalid(
@@ -477,7 +479,11 @@ fn validate_volume(
         ));
     }
     if v.chunk_count() > u32::MAX as u64 {
-        return Err(invalid(key("size"), v.size, "too many chunks for this chunk_size"));
+        return Err(invalid(
+            key("size"),
+            v.size,
+            "too many chunks for this chunk_size",
+        ));
     }
     if v.num_queues == 0 || v.num_queues > MAX_QUEUES {
         return Err(invalid(
@@ -579,7 +585,10 @@ tiering_policy = "cost-optimized"
     #[test]
     fn bad_chunk_size_names_key_and_value() {
         let e = err_of(&GOOD.replace("tiering_policy", "chunk_size = \"100KiB\"\ntiering_policy"));
-        assert!(e.contains("chunk_size") && e.contains("100KiB") && e.contains("power of two"), "{e}");
+        assert!(
+            e.contains("chunk_size") && e.contains("100KiB") && e.contains("power of two"),
+            "{e}"
+        );
     }
 
     #[test]

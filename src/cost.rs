@@ -17,7 +17,10 @@ pub fn monthly_cost(tiers: &[&TierDefinition], bytes_per_tier: &[u64]) -> f64 {
 /// Monthly cost of a placement: `chunks_per_tier[i]` chunks of
 /// `chunk_size` bytes on `tiers[i]`.
 pub fn placement_cost(tiers: &[&TierDefinition], chunks_per_tier: &[u64], chunk_size: u64) -> f64 {
-    let bytes: Vec<u64> = chunks_per_tier.iter().map(|&c| c.saturating_mul(chunk_size)).collect();
+    let bytes: Vec<u64> = chunks_per_tier
+        .iter()
+        .map(|&c| c.saturating_mul(chunk_size))
+        .collect();
     monthly_cost(tiers, &bytes)
 }
 
@@ -28,7 +31,11 @@ mod tests {
 
     #[test]
     fn cost_sums_used_bytes_times_price_per_gb() {
-        let cfg = Config::load(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config/default.toml"))).unwrap();
+        let cfg = Config::load(std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/config/default.toml"
+        )))
+        .unwrap();
         let tiers = cfg.tiers_by_speed();
         // 2 GB on nvme at 0.25 + 10 GB on hdd at 0.03.
         let c = monthly_cost(&tiers, &[2_000_000_000, 0, 10_000_000_000]);

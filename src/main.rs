@@ -56,7 +56,11 @@ struct ReplayArgs {
     #[arg(long, default_value = "learned,ewma", value_delimiter = ',')]
     models: Vec<String>,
     /// Comparison policies, comma-separated: none, all-fast, lru, oracle.
-    #[arg(long, default_value = "none,all-fast,lru,oracle", value_delimiter = ',')]
+    #[arg(
+        long,
+        default_value = "none,all-fast,lru,oracle",
+        value_delimiter = ','
+    )]
     compare: Vec<String>,
     /// Migration budget per epoch, as a share of the fast tier's capacity.
     #[arg(long, default_value_t = 0.5)]
@@ -100,14 +104,25 @@ struct TrainArgs {
     learning_rate: f64,
 }
 
-const SHARED_TRACES: &[&str] = &["cloudphysics_vm.csv", "msr_hm_0_excerpt.csv", "hplajw_1week.csv", "arc_P3.csv"];
+const SHARED_TRACES: &[&str] = &[
+    "cloudphysics_vm.csv",
+    "msr_hm_0_excerpt.csv",
+    "hplajw_1week.csv",
+    "arc_P3.csv",
+];
 
 fn run(cli: Cli) -> tierblk::Result<()> {
     match cli.command {
         Command::Replay(a) => {
-            let mut policies: Vec<PolicyKind> = a.models.iter().map(|m| PolicyKind::Predictive(m.clone())).collect();
+            let mut policies: Vec<PolicyKind> = a
+                .models
+                .iter()
+                .map(|m| PolicyKind::Predictive(m.clone()))
+                .collect();
             for c in &a.compare {
-                let p: PolicyKind = c.parse().map_err(|e: String| replay::Error::Invalid(format!("--compare: {e}")))?;
+                let p: PolicyKind = c
+                    .parse()
+                    .map_err(|e: String| replay::Error::Invalid(format!("--compare: {e}")))?;
                 if matches!(p, PolicyKind::Predictive(_)) {
                     return Err(replay::Error::Invalid(format!(
                         "--compare {c}: expected none, all-fast, lru or oracle (predictors go in --models)"

@@ -51,7 +51,11 @@ pub fn tier_index_for_score(policy: TieringPolicy, score: f32, n_tiers: usize) -
 /// fastest first (e.g. [`crate::config::Config::tiers_by_speed`]); when it
 /// is empty, 0 is returned. Capacity is the allocator's business: when the
 /// hinted tier is full it falls back to the next slower one.
-pub fn tier_for_score(policy: TieringPolicy, score: f32, tiers_fastest_first: &[&TierDefinition]) -> u8 {
+pub fn tier_for_score(
+    policy: TieringPolicy,
+    score: f32,
+    tiers_fastest_first: &[&TierDefinition],
+) -> u8 {
     if tiers_fastest_first.is_empty() {
         return 0;
     }
@@ -110,7 +114,11 @@ mod tests {
         assert_eq!(tier_for_score(p, 0.5, &t), 1);
         assert_eq!(tier_for_score(p, 0.29, &t), 5);
         assert_eq!(tier_for_score(p, f32::NAN, &t), 5);
-        assert_eq!(tier_for_score(p, 0.5, &t[..2]), 1, "two tiers: warm goes to the slow one");
+        assert_eq!(
+            tier_for_score(p, 0.5, &t[..2]),
+            1,
+            "two tiers: warm goes to the slow one"
+        );
         assert_eq!(tier_for_score(p, 0.9, &t[..1]), 0);
         assert_eq!(tier_for_score(p, 0.9, &[]), 0);
     }
@@ -119,8 +127,14 @@ mod tests {
     fn performance_and_cost_policies_shift_the_thresholds() {
         let t = [tier(0), tier(1), tier(2)];
         let t: Vec<&TierDefinition> = t.iter().collect();
-        assert_eq!(tier_for_score(TieringPolicy::PerformanceOptimized, 0.2, &t), 0);
-        assert_eq!(tier_for_score(TieringPolicy::PerformanceOptimized, 0.05, &t), 1);
+        assert_eq!(
+            tier_for_score(TieringPolicy::PerformanceOptimized, 0.2, &t),
+            0
+        );
+        assert_eq!(
+            tier_for_score(TieringPolicy::PerformanceOptimized, 0.05, &t),
+            1
+        );
         assert_eq!(tier_for_score(TieringPolicy::CostOptimized, 0.9, &t), 1);
         assert_eq!(tier_for_score(TieringPolicy::CostOptimized, 0.5, &t), 2);
         assert_eq!(tier_for_score(TieringPolicy::CostOptimized, 0.97, &t), 0);
@@ -133,7 +147,11 @@ mod tests {
         assert!(!admit_on_miss(p, 0.2, None));
         assert!(!admit_on_miss(p, 0.5, Some(0.6)));
         assert!(admit_on_miss(p, 0.5, Some(0.5)), "ties go to the newcomer");
-        assert!(admit_on_miss(TieringPolicy::PerformanceOptimized, 0.01, Some(0.01)));
+        assert!(admit_on_miss(
+            TieringPolicy::PerformanceOptimized,
+            0.01,
+            Some(0.01)
+        ));
         assert!(!admit_on_miss(TieringPolicy::CostOptimized, 0.7, None));
     }
 }

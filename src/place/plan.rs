@@ -109,7 +109,11 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
         if let Some(t) = (want..from).find(|&t| occupancy[t] < capacity[t]) {
             occupancy[t] += 1;
             occupancy[from] -= 1;
-            plan.moves.push(Move { chunk: c, from: from as u8, to: t as u8 });
+            plan.moves.push(Move {
+                chunk: c,
+                from: from as u8,
+                to: t as u8,
+            });
             moved_set(c, &mut moved);
             left -= 1;
             continue;
@@ -120,10 +124,14 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
             break;
         }
         let res = &residents[want];
-        while victim_pos[want] < res.len() && moved.get(res[victim_pos[want]] as usize) == Some(&true) {
+        while victim_pos[want] < res.len()
+            && moved.get(res[victim_pos[want]] as usize) == Some(&true)
+        {
             victim_pos[want] += 1;
         }
-        let Some(&v) = res.get(victim_pos[want]) else { continue };
+        let Some(&v) = res.get(victim_pos[want]) else {
+            continue;
+        };
         if score(v) + margin >= score(c) {
             continue;
         }
@@ -133,8 +141,16 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
         victim_pos[want] += 1;
         occupancy[dest] += 1;
         occupancy[from] -= 1;
-        plan.moves.push(Move { chunk: v, from: want as u8, to: dest as u8 });
-        plan.moves.push(Move { chunk: c, from: from as u8, to: want as u8 });
+        plan.moves.push(Move {
+            chunk: v,
+            from: want as u8,
+            to: dest as u8,
+        });
+        plan.moves.push(Move {
+            chunk: c,
+            from: from as u8,
+            to: want as u8,
+        });
         moved_set(v, &mut moved);
         moved_set(c, &mut moved);
         left -= 2;
@@ -149,10 +165,17 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
         }
         let from = current[c as usize] as usize;
         let want = tier_index_for_score(policy, score(c), n_tiers);
-        if let Some(t) = (from + 1..=want).rev().find(|&t| occupancy[t] < capacity[t]) {
+        if let Some(t) = (from + 1..=want)
+            .rev()
+            .find(|&t| occupancy[t] < capacity[t])
+        {
             occupancy[t] += 1;
             occupancy[from] -= 1;
-            plan.moves.push(Move { chunk: c, from: from as u8, to: t as u8 });
+            plan.moves.push(Move {
+                chunk: c,
+                from: from as u8,
+                to: t as u8,
+            });
             left -= 1;
         }
     }
@@ -251,8 +274,13 @@ mod tests {
                 occ[t] += 1;
                 current.push(t as u8);
             }
-            let heat = HeatMap::from_scores((0..n).map(|_| rng.below(1000) as f32 / 1000.0).collect());
-            for policy in [TieringPolicy::Default, TieringPolicy::PerformanceOptimized, TieringPolicy::CostOptimized] {
+            let heat =
+                HeatMap::from_scores((0..n).map(|_| rng.below(1000) as f32 / 1000.0).collect());
+            for policy in [
+                TieringPolicy::Default,
+                TieringPolicy::PerformanceOptimized,
+                TieringPolicy::CostOptimized,
+            ] {
                 let mut cur = current.clone();
                 let p = plan(PlanInput {
                     policy,

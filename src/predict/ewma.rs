@@ -110,7 +110,11 @@ mod tests {
             h.fold(&c);
             p.predict(&h, &mut heat);
         }
-        assert!(heat.score(0) < before / 3.0, "{} vs {before}", heat.score(0));
+        assert!(
+            heat.score(0) < before / 3.0,
+            "{} vs {before}",
+            heat.score(0)
+        );
         assert!(heat.scores().iter().all(|s| (0.0..=1.0).contains(s)));
     }
 }

@@ -25,20 +25,11 @@ fn ln1p(x: f32) -> f32 {
 }
 
 /// Candidate chunks of the current epoch, deduplicated and sorted.
+#[derive(Default)]
 pub struct Candidates {
     mark: Vec<u32>,
     stamp: u32,
     pub chunks: Vec<u32>,
-}
-
-impl Default for Candidates {
-    fn default() -> Self {
-        Self {
-            mark: Vec::new(),
-            stamp: 0,
-            chunks: Vec::new(),
-        }
-    }
 }
 
 impl Candidates {
@@ -133,7 +124,10 @@ pub fn sequence_features(h: &History, i: Option<usize>, seq: &mut [f32], stat: &
     for step in 0..HISTORY_EPOCHS {
         let k = HISTORY_EPOCHS - 1 - step;
         let (own, nb) = match i {
-            Some(i) => (ln1p(h.count(i, k) as f32), ln1p(neighbour_sum(h, i, 1, 1, k))),
+            Some(i) => (
+                ln1p(h.count(i, k) as f32),
+                ln1p(neighbour_sum(h, i, 1, 1, k)),
+            ),
             None => (0.0, 0.0),
         };
         seq[step * N_STEP_FEATURES] = own;
@@ -173,7 +167,10 @@ mod tests {
         assert!((f[0] - 4f32.ln()).abs() < 1e-6);
         assert_eq!(f[1], 0.0);
         assert_eq!(f[HISTORY_EPOCHS + 3], 0.0, "accessed this epoch: age 0");
-        assert!((f[HISTORY_EPOCHS + 4] - 2f32.ln()).abs() < 1e-6, "one access next door");
+        assert!(
+            (f[HISTORY_EPOCHS + 4] - 2f32.ln()).abs() < 1e-6,
+            "one access next door"
+        );
         chunk_features(&h, Some(3), &mut f);
         assert_eq!(f[HISTORY_EPOCHS + 3], 1.0, "never accessed: saturated age");
         let mut idle = [9f32; N_FEATURES];

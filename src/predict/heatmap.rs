@@ -44,7 +44,11 @@ impl HeatMap {
     }
 
     pub fn set(&mut self, chunk: usize, score: f32) {
-        self.scores[chunk] = if score.is_nan() { 0.0 } else { score.clamp(0.0, 1.0) };
+        self.scores[chunk] = if score.is_nan() {
+            0.0
+        } else {
+            score.clamp(0.0, 1.0)
+        };
     }
 
     /// Serialized form for the metadata store / warm restart.
@@ -109,7 +113,13 @@ mod tests {
     fn truncated_or_foreign_bytes_are_rejected() {
         let mut b = HeatMap::from_scores(vec![0.1; 4]).to_bytes();
         b.pop();
-        assert!(HeatMap::from_bytes("vm1", &b).unwrap_err().to_string().contains("4 chunks"));
-        assert!(HeatMap::from_bytes("vm1", b"hello").unwrap_err().to_string().contains("bad magic"));
+        assert!(HeatMap::from_bytes("vm1", &b)
+            .unwrap_err()
+            .to_string()
+            .contains("4 chunks"));
+        assert!(HeatMap::from_bytes("vm1", b"hello")
+            .unwrap_err()
+            .to_string()
+            .contains("bad magic"));
     }
 }

@@ -171,9 +171,39 @@ mod tests {
         let mut seen = vec![];
         c.drain(|i, e| seen.push((i, e)));
         assert_eq!(seen.len(), 3);
-        assert_eq!(seen[0], (0, EpochCounts { reads: 2, writes: 1, sequential: 1, bytes: 12288 }));
-        assert_eq!(seen[1].1, EpochCounts { reads: 0, writes: 1, sequential: 0, bytes: 4096 });
-        assert_eq!(seen[2], (3, EpochCounts { reads: 1, writes: 0, sequential: 0, bytes: 512 }));
+        assert_eq!(
+            seen[0],
+            (
+                0,
+                EpochCounts {
+                    reads: 2,
+                    writes: 1,
+                    sequential: 1,
+                    bytes: 12288
+                }
+            )
+        );
+        assert_eq!(
+            seen[1].1,
+            EpochCounts {
+                reads: 0,
+                writes: 1,
+                sequential: 0,
+                bytes: 4096
+            }
+        );
+        assert_eq!(
+            seen[2],
+            (
+                3,
+                EpochCounts {
+                    reads: 1,
+                    writes: 0,
+                    sequential: 0,
+                    bytes: 512
+                }
+            )
+        );
         let mut again = 0;
         c.drain(|_, _| again += 1);
         assert_eq!(again, 0, "drain zeroes the counters");

@@ -135,7 +135,11 @@ impl History {
 
     /// Closes the current epoch: drains `counters` into the history.
     pub fn fold(&mut self, counters: &ChunkCounters) {
-        assert_eq!(counters.len(), self.chunks.len(), "counter block and history differ in size");
+        assert_eq!(
+            counters.len(),
+            self.chunks.len(),
+            "counter block and history differ in size"
+        );
         self.fold_with(|f| counters.drain(f));
     }
 
@@ -178,7 +182,10 @@ mod tests {
         let mut h = History::new(3);
         epoch_with(&mut h, &[(0, 3), (1, 1)]);
         epoch_with(&mut h, &[(0, 2)]);
-        assert_eq!((h.count(0, 0), h.count(0, 1), h.count(1, 0), h.count(1, 1)), (2, 3, 0, 1));
+        assert_eq!(
+            (h.count(0, 0), h.count(0, 1), h.count(1, 0), h.count(1, 1)),
+            (2, 3, 0, 1)
+        );
         let mut active = h.active().to_vec();
         active.sort();
         assert_eq!(active, vec![0, 1]);

@@ -67,7 +67,10 @@ impl VmProfile {
         let doc = Document::parse(text).map_err(|e| format!("not well-formed XML: {e}"))?;
         let root = doc.root_element();
         if root.tag_name().name() != "domain" {
-            return Err(format!("root element is <{}>, expected <domain>", root.tag_name().name()));
+            return Err(format!(
+                "root element is <{}>, expected <domain>",
+                root.tag_name().name()
+            ));
         }
         let text_of = |n: Node<'_, '_>| n.text().map(str::trim).unwrap_or("").to_string();
 
@@ -91,7 +94,11 @@ impl VmProfile {
         };
         let metadata = child(root, "metadata");
         let in_ns = |ns: &'static str, local: &'static str| {
-            move |n: &Node<'_, '_>| n.is_element() && n.tag_name().namespace() == Some(ns) && n.tag_name().name() == local
+            move |n: &Node<'_, '_>| {
+                n.is_element()
+                    && n.tag_name().namespace() == Some(ns)
+                    && n.tag_name().name() == local
+            }
         };
         let os_id = metadata
             .and_then(|m| m.descendants().find(in_ns(LIBOSINFO_XMLNS, "os")))
@@ -103,7 +110,10 @@ impl VmProfile {
 
         let mut disks = Vec::new();
         if let Some(devices) = child(root, "devices") {
-            for d in devices.children().filter(|c| c.is_element() && c.tag_name().name() == "disk") {
+            for d in devices
+                .children()
+                .filter(|c| c.is_element() && c.tag_name().name() == "disk")
+            {
                 if d.attribute("type") != Some("vhostuser") {
                     continue;
                 }
@@ -137,9 +147,22 @@ impl VmProfile {
             OsFamily::Windows
         } else if id.contains("bsd") {
             OsFamily::Bsd
-        } else if ["linux", "ubuntu", "debian", "fedora", "redhat", "rhel", "centos", "suse", "alpine", "archlinux", "rocky", "alma"]
-            .iter()
-            .any(|k| id.contains(k))
+        } else if [
+            "linux",
+            "ubuntu",
+            "debian",
+            "fedora",
+            "redhat",
+            "rhel",
+            "centos",
+            "suse",
+            "alpine",
+            "archlinux",
+            "rocky",
+            "alma",
+        ]
+        .iter()
+        .any(|k| id.contains(k))
         {
             OsFamily::Linux
         } else {
@@ -162,7 +185,8 @@ impl VmProfile {
     pub fn prior_heat_map(&self, n_chunks: usize) -> HeatMap {
         let app = self.app.as_deref().unwrap_or("");
         let base = match app {
-            "postgres" | "postgresql" | "mysql" | "mariadb" | "mongodb" | "oracle" | "mssql" | "redis" => 0.35,
+            "postgres" | "postgresql" | "mysql" | "mariadb" | "mongodb" | "oracle" | "mssql"
+            | "redis" => 0.35,
             "backup" | "archive" | "logs" | "object-store" => 0.02,
             _ => 0.1,
         };
@@ -182,7 +206,11 @@ impl VmProfile {
 /// The heat map a volume starts with: its saved heat map when the same VM
 /// disk ran before (warm restart) and the size still matches, else the VM
 /// profile's prior, else all cold.
-pub fn initial_heat_map(profile: Option<&VmProfile>, saved: Option<HeatMap>, n_chunks: usize) -> HeatMap {
+pub fn initial_heat_map(
+    profile: Option<&VmProfile>,
+    saved: Option<HeatMap>,
+    n_chunks: usize,
+) -> HeatMap {
     match (saved, profile) {
         (Some(h), _) if h.len() == n_chunks => h,
         (_, Some(p)) => p.prior_heat_map(n_chunks),
@@ -192,8 +220,9 @@ pub fn initial_heat_map(profile: Option<&VmProfile>, saved: Option<HeatMap>, n_c
 
 /// The first child element of `n` named `name` in no namespace.
 fn child<'a, 'i>(n: Node<'a, 'i>, name: &str) -> Option<Node<'a, 'i>> {
-    n.children()
-        .find(|c| c.is_element() && c.tag_name().name() == name && c.tag_name().namespace().is_none())
+    n.children().find(|c| {
+        c.is_element() && c.tag_name().name() == name && c.tag_name().namespace().is_none()
+    })
 }
 
 fn parse_memory(value: &str, unit: &str) -> std::result::Result<u64, String> {
@@ -212,7 +241,8 @@ fn parse_memory(value: &str, unit: &str) -> std::result::Result<u64, String> {
         "T" | "TiB" => 1 << 40,
         other => return Err(format!("<memory unit='{other}'>: unknown unit")),
     };
-    n.checked_mul(mult).ok_or_else(|| format!("<memory> {value} {unit} is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("<memory> {value} {unit} is too large"))
 }
 
 #[cfg(test)]
@@ -237,8 +267,13 @@ mod tests {
         assert_eq!(p.app.as_deref(), Some("postgres"));
         assert_eq!(p.disks.len(), 2, "only vhostuser disks: {:?}", p.disks);
         assert_eq!(p.disks[0].target, "vda");
-        assert_eq!(p.disks[0].socket, PathBuf::from("/run/tierblk/pg-primary-root.sock"));
-        assert!(p.disk_for_socket(Path::new("/run/tierblk/pg-primary-data.sock")).is_some());
+        assert_eq!(
+            p.disks[0].socket,
+            PathBuf::from("/run/tierblk/pg-primary-root.sock")
+        );
+        assert!(p
+            .disk_for_socket(Path::new("/run/tierblk/pg-primary-data.sock"))
+            .is_some());
     }
 
     #[test]
@@ -247,7 +282,11 @@ mod tests {
         let h = p.prior_heat_map(1000);
         assert_eq!(h.len(), 1000);
         assert!(h.score(0) >= 0.5 && h.score(999) > 0.3 && h.score(999) < 0.5);
-        let archive = VmProfile { app: Some("backup".into()), ..p.clone() }.prior_heat_map(1000);
+        let archive = VmProfile {
+            app: Some("backup".into()),
+            ..p.clone()
+        }
+        .prior_heat_map(1000);
         assert!(archive.score(999) < 0.05);
     }
 
@@ -255,21 +294,32 @@ mod tests {
     fn saved_heat_map_wins_when_size_matches() {
         let p = VmProfile::parse(&example()).unwrap();
         let saved = HeatMap::from_scores(vec![0.9; 10]);
-        assert_eq!(initial_heat_map(Some(&p), Some(saved.clone()), 10).score(5), 0.9);
+        assert_eq!(
+            initial_heat_map(Some(&p), Some(saved.clone()), 10).score(5),
+            0.9
+        );
         assert!(initial_heat_map(Some(&p), Some(saved), 11).score(5) < 0.9);
         assert_eq!(initial_heat_map(None, None, 3).score(2), 0.0);
     }
 
     #[test]
     fn malformed_domain_xml_errors_say_what_is_wrong() {
-        assert!(VmProfile::parse("<domain><name>x</name>").unwrap_err().contains("well-formed"));
-        assert!(VmProfile::parse("<network/>").unwrap_err().contains("<domain>"));
-        assert!(VmProfile::parse("<domain/>").unwrap_err().contains("<name>"));
+        assert!(VmProfile::parse("<domain><name>x</name>")
+            .unwrap_err()
+            .contains("well-formed"));
+        assert!(VmProfile::parse("<network/>")
+            .unwrap_err()
+            .contains("<domain>"));
+        assert!(VmProfile::parse("<domain/>")
+            .unwrap_err()
+            .contains("<name>"));
         let e = VmProfile::parse("<domain><name>x</name><vcpu>many</vcpu></domain>").unwrap_err();
         assert!(e.contains("vcpu") && e.contains("many"), "{e}");
         let e = VmProfile::parse("<domain><name>x</name><devices><disk type='vhostuser'><target dev='vdb'/><source type='unix'/></disk></devices></domain>").unwrap_err();
         assert!(e.contains("vdb") && e.contains("socket"), "{e}");
-        let e = VmProfile::from_file(Path::new("/nonexistent/dom.xml")).unwrap_err().to_string();
+        let e = VmProfile::from_file(Path::new("/nonexistent/dom.xml"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("/nonexistent/dom.xml"), "{e}");
     }
 }

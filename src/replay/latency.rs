@@ -19,8 +19,14 @@ impl LatencyModel {
     /// `tiers` fastest first.
     pub fn new(tiers: &[&TierDefinition]) -> Self {
         Self {
-            read_us: tiers.iter().map(|t| t.performance_metrics.read_latency_us).collect(),
-            write_us: tiers.iter().map(|t| t.performance_metrics.write_latency_us).collect(),
+            read_us: tiers
+                .iter()
+                .map(|t| t.performance_metrics.read_latency_us)
+                .collect(),
+            write_us: tiers
+                .iter()
+                .map(|t| t.performance_metrics.write_latency_us)
+                .collect(),
             us_per_byte: tiers
                 .iter()
                 .map(|t| {
@@ -37,7 +43,11 @@ impl LatencyModel {
 
     /// Microseconds for `bytes` on tier index `tier`.
     pub fn access_us(&self, tier: usize, write: bool, bytes: u32) -> f64 {
-        let base = if write { self.write_us[tier] } else { self.read_us[tier] };
+        let base = if write {
+            self.write_us[tier]
+        } else {
+            self.read_us[tier]
+        };
         base + bytes as f64 * self.us_per_byte[tier]
     }
 }

@@ -95,11 +95,15 @@ impl Default for ReplayConfig {
 /// The requests of `path` that a replay with `cfg` uses.
 pub fn replay_slice(path: &Path, from_fraction: f64, max: Option<usize>) -> Result<Vec<Request>> {
     if !(0.0..1.0).contains(&from_fraction) {
-        return Err(Error::Invalid(format!("--from {from_fraction}: must be in [0, 1)")));
+        return Err(Error::Invalid(format!(
+            "--from {from_fraction}: must be in [0, 1)"
+        )));
     }
     let reqs = trace::read_all(path)?;
     let start = ((reqs.len() as f64) * from_fraction).floor() as usize;
-    let end = reqs.len().min(start.saturating_add(max.unwrap_or(usize::MAX)));
+    let end = reqs
+        .len()
+        .min(start.saturating_add(max.unwrap_or(usize::MAX)));
     Ok(reqs[start..end].to_vec())
 }
 
@@ -110,15 +114,25 @@ pub fn fast_chunks(footprint: usize, fraction: f64) -> u64 {
 
 /// Replays `requests` (named `name` in the report) over `tiers` (any
 /// order; sorted fastest first here).
-pub fn replay(name: &str, requests: &[Request], tiers: &[TierDefinition], cfg: &ReplayConfig) -> Result<Report> {
+pub fn replay(
+    name: &str,
+    requests: &[Request],
+    tiers: &[TierDefinition],
+    cfg: &ReplayConfig,
+) -> Result<Report> {
     if tiers.is_empty() {
         return Err(Error::Invalid("no tiers to replay on".into()));
     }
     if cfg.epoch_requests == 0 {
-        return Err(Error::Invalid("epoch length must be at least one request".into()));
+        return Err(Error::Invalid(
+            "epoch length must be at least one request".into(),
+        ));
     }
     if !cfg.chunk_size.is_power_of_two() || cfg.chunk_size < 512 {
-        return Err(Error::Invalid(format!("chunk size {}: must be a power of two ≥ 512", cfg.chunk_size)));
+        return Err(Error::Invalid(format!(
+            "chunk size {}: must be a power of two ≥ 512",
+            cfg.chunk_size
+        )));
     }
     let mut tiers: Vec<&TierDefinition> = tiers.iter().collect();
     tiers.sort_by_key(|t| t.tier_id);
@@ -126,12 +140,19 @@ pub fn replay(name: &str, requests: &[Request], tiers: &[TierDefinition], cfg: &
     let accesses = space.accesses(requests);
     let footprint = space.len();
     if footprint == 0 {
-        return Err(Error::Invalid(format!("trace {name}: no request touches any data")));
+        return Err(Error::Invalid(format!(
+            "trace {name}: no request touches any data"
+        )));
     }
-    let mut capacity: Vec<u64> = tiers.iter().map(|t| t.capacity.0 / cfg.chunk_size).collect();
+    let mut capacity: Vec<u64> = tiers
+        .iter()
+        .map(|t| t.capacity.0 / cfg.chunk_size)
+        .collect();
     if let Some(f) = cfg.fast_fraction {
         if !(f > 0.0 && f <= 1.0) {
-            return Err(Error::Invalid(format!("fast fraction {f}: must be in (0, 1]")));
+            return Err(Error::Invalid(format!(
+                "fast fraction {f}: must be in (0, 1]"
+            )));
         }
         capacity[0] = fast_chunks(footprint, f);
     }
@@ -179,7 +200,9 @@ pub fn load_tiers(config: Option<&Path>) -> Result<Vec<TierDefinition>> {
     if cfg.tiers.is_empty() {
         return Err(Error::Invalid(format!(
             "{}: no [[tier]] to replay on",
-            config.map(|p| p.display().to_string()).unwrap_or_else(|| "default config".into())
+            config
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "default config".into())
         )));
     }
     Ok(cfg.tiers)
@@ -189,7 +212,10 @@ pub fn load_tiers(config: Option<&Path>) -> Result<Vec<TierDefinition>> {
 pub fn replay_file(path: &Path, config: Option<&Path>, cfg: &ReplayConfig) -> Result<Report> {
     let tiers = load_tiers(config)?;
     let reqs = replay_slice(path, cfg.from_fraction, cfg.max_requests)?;
-    let name = path.file_name().map(PathBuf::from).unwrap_or_else(|| path.to_path_buf());
+    let name = path
+        .file_name()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| path.to_path_buf());
     replay(&name.display().to_string(), &reqs, &tiers, cfg)
 }
 
@@ -265,19 +291,42 @@ mod tests {
         let reqs = slice();
         let tiers = load_tiers(None).unwrap();
         let bad = |cfg: ReplayConfig| replay("x", &reqs, &tiers, &cfg).unwrap_err().to_string();
-        assert!(bad(ReplayConfig { epoch_requests: 0, ..Default::default() }).contains("epoch"));
-        assert!(bad(ReplayConfig { chunk_size: 1000, ..Default::default() }).contains("power of two"));
-        assert!(bad(ReplayConfig { fast_fraction: Some(1.5), ..Default::default() }).contains("fast fraction"));
-        let e = replay("x", &reqs, &[], &ReplayConfig::default()).unwrap_err().to_string();
+        assert!(bad(ReplayConfig {
+            epoch_requests: 0,
+            ..Default::default()
+        })
+        .contains("epoch"));
+        assert!(bad(ReplayConfig {
+            chunk_size: 1000,
+            ..Default::default()
+        })
+        .contains("power of two"));
+        assert!(bad(ReplayConfig {
+            fast_fraction: Some(1.5),
+            ..Default::default()
+        })
+        .contains("fast fraction"));
+        let e = replay("x", &reqs, &[], &ReplayConfig::default())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no tiers"), "{e}");
         assert!(replay_slice(Path::new("/nonexistent.csv"), 0.0, None).is_err());
-        assert!(replay_slice(Path::new("/nonexistent.csv"), 1.0, None).unwrap_err().to_string().contains("--from"));
+        assert!(replay_slice(Path::new("/nonexistent.csv"), 1.0, None)
+            .unwrap_err()
+            .to_string()
+            .contains("--from"));
     }
 
     #[test]
     fn policy_names_parse() {
         assert_eq!("lru".parse::<PolicyKind>().unwrap(), PolicyKind::Lru);
-        assert_eq!("tierblk:gru".parse::<PolicyKind>().unwrap(), PolicyKind::Predictive("gru".into()));
-        assert_eq!(PolicyKind::Predictive("/x/my.bpk".into()).name(), "tierblk-my");
+        assert_eq!(
+            "tierblk:gru".parse::<PolicyKind>().unwrap(),
+            PolicyKind::Predictive("gru".into())
+        );
+        assert_eq!(
+            PolicyKind::Predictive("/x/my.bpk".into()).name(),
+            "tierblk-my"
+        );
     }
 }

@@ -86,6 +86,7 @@ struct Sim<'a> {
     occupancy: Vec<u64>,
     hits: u64,
     promoted: u64,
+    promoted_fast: u64,
     demoted: u64,
     prefetches: u64,
     max_fast: u64,
@@ -107,9 +108,14 @@ impl<'a> Sim<'a> {
             occupancy,
             hits: 0,
             promoted: 0,
+            promoted_fast: 0,
             demoted: 0,
             prefetches: 0,
-            max_fast: if initial_tier == 0 { ctx.footprint as u64 } else { 0 },
+            max_fast: if initial_tier == 0 {
+                ctx.footprint as u64
+            } else {
+                0
+            },
             latencies: Vec::new(),
             request_us: 0.0,
             cost_sum: 0.0,
@@ -137,6 +143,9 @@ impl<'a> Sim<'a> {
             self.overfull = Some(format!("tier {to} over capacity moving chunk {chunk}"));
         }
         let cs = self.ctx.cfg.chunk_size;
+        if to == 0 {
+            self.promoted_fast += cs;
+        }
         if to < from {
             self.promoted += cs;
         } else {
@@ -169,7 +178,8 @@ impl<'a> Sim<'a> {
     }
 
     fn sample_cost(&mut self) {
-        self.cost_sum += cost::placement_cost(self.ctx.tiers, &self.occupancy, self.ctx.cfg.chunk_size);
+        self.cost_sum +=
+            cost::placement_cost(self.ctx.tiers, &self.occupancy, self.ctx.cfg.chunk_size);
         self.cost_samples += 1;
     }
 
@@ -185,8 +195,13 @@ impl<'a> Sim<'a> {
             policy,
             accesses: n,
             fast_hits: self.hits,
-            hit_ratio: if n == 0 { 0.0 } else { self.hits as f64 / n as f64 },
+            hit_ratio: if n == 0 {
+                0.0
+            } else {
+                self.hits as f64 / n as f64
+            },
             bytes_promoted: self.promoted,
+            bytes_promoted_fast: self.promoted_fast,
             bytes_demoted: self.demoted,
             prefetches: self.prefetches,
             mean_latency_us: mean,
@@ -369,7 +384,11 @@ struct Predictive {
 
 impl Predictive {
     fn key(&self, c: u32) -> (u32, u32, u32) {
-        (self.priority[c as usize].to_bits(), self.last_use[c as usize], c)
+        (
+            self.priority[c as usize].to_bits(),
+            self.last_use[c as usize],
+            c,
+        )
     }
 
     fn coldest_resident(&mut self, sim: &Sim<'_>) -> Option<(u32, f32)> {
@@ -405,7 +424,11 @@ impl Policy for Predictive {
             self.victims.push(Reverse(self.key(c)));
             return;
         }
-        let victim = if sim.has_room(0) { None } else { self.coldest_resident(sim) };
+        let victim = if sim.has_room(0) {
+            None
+        } else {
+            self.coldest_resident(sim)
+        };
         if !place::admit_on_miss(self.policy, self.priority[ci], victim.map(|v| v.1)) {
             return;
         }
@@ -471,7 +494,8 @@ pub(super) fn run(ctx: &Context<'_>, kind: &PolicyKind) -> Result<RunReport> {
         }
         PolicyKind::Predictive(model) => {
             let predictor = predict::load(model)?;
-            let budget = ((ctx.capacity[0] as f64 * ctx.cfg.budget_fraction).ceil() as usize).max(2);
+            let budget =
+                ((ctx.capacity[0] as f64 * ctx.cfg.budget_fraction).ceil() as usize).max(2);
             let mut predictor = predictor;
             let touch_score = predictor.first_touch_score();
             let mut p = Predictive {

@@ -12,7 +12,10 @@ pub struct RunReport {
     pub fast_hits: u64,
     /// Share of accesses served by tier 0.
     pub hit_ratio: f64,
+    /// Bytes moved to any faster tier.
     pub bytes_promoted: u64,
+    /// Bytes moved into tier 0 (what a two-level cache would call promotions).
+    pub bytes_promoted_fast: u64,
     pub bytes_demoted: u64,
     /// Promotions of chunks not accessed in the epoch before (predicted, not observed).
     pub prefetches: u64,
@@ -62,7 +65,14 @@ impl Report {
         let _ = writeln!(
             s,
             "{:<18} {:>9} {:>12} {:>12} {:>10} {:>11} {:>11} {:>10}",
-            "policy", "hit ratio", "promoted MiB", "demoted MiB", "prefetches", "mean µs", "p99 µs", "cost/month"
+            "policy",
+            "hit ratio",
+            "promoted MiB",
+            "demoted MiB",
+            "prefetches",
+            "mean µs",
+            "p99 µs",
+            "cost/month"
         );
         for r in &self.runs {
             let _ = writeln!(

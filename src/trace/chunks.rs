@@ -54,7 +54,11 @@ impl ChunkSpace {
         }
         keys.sort_unstable();
         keys.dedup();
-        let ids = keys.into_iter().enumerate().map(|(i, k)| (k, i as u32)).collect();
+        let ids = keys
+            .into_iter()
+            .enumerate()
+            .map(|(i, k)| (k, i as u32))
+            .collect();
         Self { chunk_size, ids }
     }
 
@@ -111,7 +115,12 @@ mod tests {
 
     #[test]
     fn ids_follow_address_order_and_streams_split_requests() {
-        let reqs = [req(1, 0, 10), req(0, 1 << 20, 10), req(0, 0, 70_000), req(0, 70_000, 10)];
+        let reqs = [
+            req(1, 0, 10),
+            req(0, 1 << 20, 10),
+            req(0, 0, 70_000),
+            req(0, 70_000, 10),
+        ];
         let s = ChunkSpace::build(&reqs, 65536);
         assert_eq!(s.len(), 4); // dev0: chunks 0, 1, 16; dev1: chunk 0
         let a = s.accesses(&reqs);

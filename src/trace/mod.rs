@@ -147,11 +147,14 @@ impl Lines {
         loop {
             self.buf.clear();
             self.line += 1;
-            let n = self.reader.read_line(&mut self.buf).map_err(|source| Error::Io {
-                path: self.path.clone(),
-                line: self.line,
-                source,
-            })?;
+            let n = self
+                .reader
+                .read_line(&mut self.buf)
+                .map_err(|source| Error::Io {
+                    path: self.path.clone(),
+                    line: self.line,
+                    source,
+                })?;
             if n == 0 {
                 return Ok(false);
             }
@@ -239,11 +242,7 @@ pub(crate) fn shared_traces_dir() -> PathBuf {
     dir
 }
 
-fn field<'a>(
-    fields: &mut std::str::Split<'a, char>,
-    lines: &Lines,
-    name: &str,
-) -> Result<&'a str> {
+fn field<'a>(fields: &mut std::str::Split<'a, char>, lines: &Lines, name: &str) -> Result<&'a str> {
     fields
         .next()
         .map(str::trim)
@@ -251,8 +250,11 @@ fn field<'a>(
 }
 
 fn parse_u64(s: &str, lines: &Lines, name: &str) -> Result<u64> {
-    s.parse()
-        .map_err(|_| lines.malformed(format!("column '{name}': expected an unsigned integer, got '{s}'")))
+    s.parse().map_err(|_| {
+        lines.malformed(format!(
+            "column '{name}': expected an unsigned integer, got '{s}'"
+        ))
+    })
 }
 
 #[cfg(test)]
@@ -280,12 +282,17 @@ mod tests {
     #[test]
     fn format_is_chosen_by_file_name() {
         assert_eq!(Format::from_path(Path::new("a/hm_0.msr.csv")), Format::Msr);
-        assert_eq!(Format::from_path(Path::new("a/hm_0.csv")), Format::Normalized);
+        assert_eq!(
+            Format::from_path(Path::new("a/hm_0.csv")),
+            Format::Normalized
+        );
     }
 
     #[test]
     fn missing_file_error_names_the_path() {
-        let e = TraceReader::open(Path::new("/nonexistent/x.csv")).err().unwrap();
+        let e = TraceReader::open(Path::new("/nonexistent/x.csv"))
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("/nonexistent/x.csv"), "{e}");
     }
 }

@@ -39,7 +39,9 @@ impl MsrReader {
             t if t.eq_ignore_ascii_case("read") => Op::Read,
             t if t.eq_ignore_ascii_case("write") => Op::Write,
             other => {
-                return Err(lines.malformed(format!("column 'Type': expected Read or Write, got '{other}'")))
+                return Err(lines.malformed(format!(
+                    "column 'Type': expected Read or Write, got '{other}'"
+                )))
             }
         };
         let offset = parse_u64(field(&mut f, lines, "Offset")?, lines, "Offset")?;
@@ -77,7 +79,11 @@ mod tests {
     use super::*;
 
     fn read(text: &str) -> Result<Vec<Request>> {
-        MsrReader::new(Path::new("t.msr.csv"), Box::new(Cursor::new(text.to_string()))).collect()
+        MsrReader::new(
+            Path::new("t.msr.csv"),
+            Box::new(Cursor::new(text.to_string())),
+        )
+        .collect()
     }
 
     #[test]
@@ -85,14 +91,22 @@ mod tests {
         let t = read("128166386783630075,hm,0,Write,3164164096,40960,2896\n128166386793630075,hm,1,Read,0,4096,10\n").unwrap();
         assert_eq!(t[0].ts_s, 0.0);
         assert!((t[1].ts_s - 1.0).abs() < 1e-9);
-        assert_eq!((t[0].op, t[0].offset, t[0].len, t[0].dev), (Op::Write, 3164164096, 40960, 0));
+        assert_eq!(
+            (t[0].op, t[0].offset, t[0].len, t[0].dev),
+            (Op::Write, 3164164096, 40960, 0)
+        );
         assert_eq!((t[1].op, t[1].dev), (Op::Read, 1));
     }
 
     #[test]
     fn malformed_type_and_short_lines_name_line_and_column() {
-        let e = read("1,hm,0,Write,0,1,1\n2,hm,0,Trim,0,1,1\n").unwrap_err().to_string();
-        assert!(e.contains("line 2") && e.contains("Read or Write") && e.contains("Trim"), "{e}");
+        let e = read("1,hm,0,Write,0,1,1\n2,hm,0,Trim,0,1,1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 2") && e.contains("Read or Write") && e.contains("Trim"),
+            "{e}"
+        );
         let e = read("1,hm,0,Write,0,1\n").unwrap_err().to_string();
         assert!(e.contains("line 1") && e.contains("ResponseTime"), "{e}");
         let e = read("x,hm,0,Write,0,1,1\n").unwrap_err().to_string();

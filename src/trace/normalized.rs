@@ -48,13 +48,18 @@ impl NormalizedReader {
         let offset = field(&mut f, lines, "offset_bytes")?;
         let size = field(&mut f, lines, "size_bytes")?;
         if f.next().is_some() {
-            return Err(lines.malformed("more than 5 columns (expected ts_s,dev,op,offset_bytes,size_bytes)"));
+            return Err(lines
+                .malformed("more than 5 columns (expected ts_s,dev,op,offset_bytes,size_bytes)"));
         }
         let ts_s: f64 = ts
             .parse()
             .ok()
             .filter(|t: &f64| t.is_finite())
-            .ok_or_else(|| lines.malformed(format!("column 'ts_s': expected a number of seconds, got '{ts}'")))?;
+            .ok_or_else(|| {
+                lines.malformed(format!(
+                    "column 'ts_s': expected a number of seconds, got '{ts}'"
+                ))
+            })?;
         let op = match op {
             "R" | "r" => Op::Read,
             "W" | "w" => Op::Write,
@@ -99,7 +104,10 @@ mod tests {
     fn well_formed_lines_parse_with_dense_device_ids() {
         let t = read("ts_s,dev,op,offset_bytes,size_bytes\n0.5,cp,W,4096,512\n\n1,sda,R,0,4096\n2,cp,r,8,8\n").unwrap();
         assert_eq!(t.len(), 3);
-        assert_eq!((t[0].dev, t[0].op, t[0].offset, t[0].len), (0, Op::Write, 4096, 512));
+        assert_eq!(
+            (t[0].dev, t[0].op, t[0].offset, t[0].len),
+            (0, Op::Write, 4096, 512)
+        );
         assert_eq!((t[1].dev, t[1].op), (1, Op::Read));
         assert_eq!(t[2].dev, 0);
         assert_eq!(t[0].ts_s, 0.5);
@@ -107,19 +115,32 @@ mod tests {
 
     #[test]
     fn bad_op_reports_line_number_and_expectation() {
-        let e = read("ts_s,dev,op,offset_bytes,size_bytes\n0,a,R,0,1\n1,a,X,0,1\n").unwrap_err().to_string();
-        assert!(e.contains("line 3") && e.contains("expected R or W") && e.contains("'X'"), "{e}");
+        let e = read("ts_s,dev,op,offset_bytes,size_bytes\n0,a,R,0,1\n1,a,X,0,1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 3") && e.contains("expected R or W") && e.contains("'X'"),
+            "{e}"
+        );
     }
 
     #[test]
     fn missing_column_and_bad_number_are_reported() {
-        let e = read("ts_s,dev,op,offset_bytes,size_bytes\n0,a,R,0\n").unwrap_err().to_string();
+        let e = read("ts_s,dev,op,offset_bytes,size_bytes\n0,a,R,0\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("line 2") && e.contains("size_bytes"), "{e}");
-        let e = read("ts_s,dev,op,offset_bytes,size_bytes\n0,a,R,-5,1\n").unwrap_err().to_string();
+        let e = read("ts_s,dev,op,offset_bytes,size_bytes\n0,a,R,-5,1\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("offset_bytes") && e.contains("'-5'"), "{e}");
-        let e = read("ts_s,dev,op,offset_bytes,size_bytes\nnan,a,R,5,1\n").unwrap_err().to_string();
+        let e = read("ts_s,dev,op,offset_bytes,size_bytes\nnan,a,R,5,1\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("ts_s"), "{e}");
-        let e = read("ts_s,dev,op,offset_bytes,size_bytes\n0,a,R,5,1,9\n").unwrap_err().to_string();
+        let e = read("ts_s,dev,op,offset_bytes,size_bytes\n0,a,R,5,1,9\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("more than 5 columns"), "{e}");
     }
 

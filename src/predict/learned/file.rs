@@ -49,10 +49,14 @@ pub fn save(path: &Path, header: &ModelHeader, net: &Net) -> Result<()> {
         path: path.to_path_buf(),
         message: format!("cannot encode header: {e}"),
     })?;
-    let weights = net.clone().into_record().into_bytes().map_err(|e| Error::ModelFile {
-        path: path.to_path_buf(),
-        message: format!("cannot encode weights: {e}"),
-    })?;
+    let weights = net
+        .clone()
+        .into_record()
+        .into_bytes()
+        .map_err(|e| Error::ModelFile {
+            path: path.to_path_buf(),
+            message: format!("cannot encode weights: {e}"),
+        })?;
     let mut b = Vec::with_capacity(12 + json.len() + weights.len());
     b.extend_from_slice(MAGIC);
     b.extend_from_slice(&(json.len() as u32).to_le_bytes());
@@ -80,11 +84,17 @@ pub fn load(path: &Path) -> Result<(ModelHeader, Net)> {
 
 fn parse(b: &[u8]) -> std::result::Result<(ModelHeader, Net), String> {
     if b.len() < 12 || &b[..8] != MAGIC {
-        return Err("not a tierblk model file (bad magic; expected a file written by `tierblk train`)".into());
+        return Err(
+            "not a tierblk model file (bad magic; expected a file written by `tierblk train`)"
+                .into(),
+        );
     }
     let len = u32::from_le_bytes(b[8..12].try_into().expect("4 bytes")) as usize;
     if len > MAX_HEADER || 12 + len > b.len() {
-        return Err(format!("truncated or corrupt header (claims {len} bytes, file has {})", b.len()));
+        return Err(format!(
+            "truncated or corrupt header (claims {len} bytes, file has {})",
+            b.len()
+        ));
     }
     let header: ModelHeader =
         serde_json::from_slice(&b[12..12 + len]).map_err(|e| format!("corrupt header: {e}"))?;
@@ -101,13 +111,21 @@ fn parse(b: &[u8]) -> std::result::Result<(ModelHeader, Net), String> {
         ));
     }
     if header.hidden < 2 || header.hidden > 1024 {
-        return Err(format!("hidden size {} out of range 2..=1024", header.hidden));
+        return Err(format!(
+            "hidden size {} out of range 2..=1024",
+            header.hidden
+        ));
     }
     let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(b[12 + len..].to_vec()))
         .map_err(|e| format!("corrupt weights: {e}"))?;
     let net = Net::new(header.arch, header.hidden, &Device::flex())
         .try_load_record(record)
-        .map_err(|e| format!("weights do not fit a {} with hidden size {}: {e}", header.arch, header.hidden))?;
+        .map_err(|e| {
+            format!(
+                "weights do not fit a {} with hidden size {}: {e}",
+                header.arch, header.hidden
+            )
+        })?;
     Ok((header, net))
 }
 
@@ -149,7 +167,10 @@ mod tests {
         let bad = dir.path().join("bad.bpk");
         std::fs::write(&bad, b"hello world, not a model").unwrap();
         let e = load(&bad).unwrap_err().to_string();
-        assert!(e.contains("bad.bpk") && e.contains("not a tierblk model"), "{e}");
+        assert!(
+            e.contains("bad.bpk") && e.contains("not a tierblk model"),
+            "{e}"
+        );
 
         std::fs::write(&bad, &good[..good.len() - 40]).unwrap();
         let e = load(&bad).unwrap_err().to_string();
@@ -161,7 +182,9 @@ mod tests {
         let e = load(&bad).unwrap_err().to_string();
         assert!(e.contains("do not fit"), "{e}");
 
-        let e = load(&dir.path().join("missing.bpk")).unwrap_err().to_string();
+        let e = load(&dir.path().join("missing.bpk"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("missing.bpk"), "{e}");
     }
 }

@@ -105,21 +105,30 @@ impl LearnedPredictor {
         while start < rows {
             let n = (rows - start).min(SCORE_BATCH);
             let x = Tensor::<2>::from_data(
-                TensorData::new(flat[start * N_FEATURES..(start + n) * N_FEATURES].to_vec(), [n, N_FEATURES]),
+                TensorData::new(
+                    flat[start * N_FEATURES..(start + n) * N_FEATURES].to_vec(),
+                    [n, N_FEATURES],
+                ),
                 &self.device,
             );
             let s = match self.header.arch {
                 Arch::Gru => {
                     let w = HISTORY_EPOCHS * N_STEP_FEATURES;
                     Some(Tensor::<3>::from_data(
-                        TensorData::new(seq[start * w..(start + n) * w].to_vec(), [n, HISTORY_EPOCHS, N_STEP_FEATURES]),
+                        TensorData::new(
+                            seq[start * w..(start + n) * w].to_vec(),
+                            [n, HISTORY_EPOCHS, N_STEP_FEATURES],
+                        ),
                         &self.device,
                     ))
                 }
                 Arch::Mlp => None,
             };
             let y = activation::sigmoid(self.net.forward_rows(x, s));
-            let v: Vec<f32> = y.into_data().try_into_vec::<f32>().unwrap_or_else(|_| vec![0.0; n]);
+            let v: Vec<f32> = y
+                .into_data()
+                .try_into_vec::<f32>()
+                .unwrap_or_else(|_| vec![0.0; n]);
             out.extend_from_slice(&v);
             start += n;
         }
@@ -135,9 +144,18 @@ impl LearnedPredictor {
         self.seq.resize(if gru { n * w } else { 0 }, 0.0);
         let mut stat = [0f32; N_FEATURES];
         for (r, &c) in chunks.iter().enumerate() {
-            chunk_features(history, Some(c as usize), &mut self.flat[r * N_FEATURES..(r + 1) * N_FEATURES]);
+            chunk_features(
+                history,
+                Some(c as usize),
+                &mut self.flat[r * N_FEATURES..(r + 1) * N_FEATURES],
+            );
             if gru {
-                sequence_features(history, Some(c as usize), &mut self.seq[r * w..(r + 1) * w], &mut stat);
+                sequence_features(
+                    history,
+                    Some(c as usize),
+                    &mut self.seq[r * w..(r + 1) * w],
+                    &mut stat,
+                );
             }
         }
     }

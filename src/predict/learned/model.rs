@@ -102,7 +102,9 @@ impl GruNet {
     }
 }
 
-/// Either network.
+/// Either network. One per volume, so the variants' size difference (a
+/// few KiB) does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Net {
     Mlp(Mlp),

@@ -90,8 +90,10 @@ impl Examples {
     }
 
     fn push_from(&mut self, other: &Examples, i: usize) {
-        self.flat.extend_from_slice(&other.flat[i * N_FEATURES..(i + 1) * N_FEATURES]);
-        self.seq.extend_from_slice(&other.seq[i * SEQ_W..(i + 1) * SEQ_W]);
+        self.flat
+            .extend_from_slice(&other.flat[i * N_FEATURES..(i + 1) * N_FEATURES]);
+        self.seq
+            .extend_from_slice(&other.seq[i * SEQ_W..(i + 1) * SEQ_W]);
         self.target.push(other.target[i]);
     }
 }
@@ -129,7 +131,12 @@ pub fn soft_target(accesses: u16) -> f32 {
 /// Labelled examples from one request list at one chunk size: every
 /// epoch's candidates, plus as many idle chunks (sampled) as there are
 /// candidates, labelled by the next epoch.
-pub fn examples_from(requests: &[Request], chunk_size: u64, epoch_requests: u64, rng: &mut Rng) -> Examples {
+pub fn examples_from(
+    requests: &[Request],
+    chunk_size: u64,
+    epoch_requests: u64,
+    rng: &mut Rng,
+) -> Examples {
     let space = ChunkSpace::build(requests, chunk_size);
     let accesses = space.accesses(requests);
     let n = space.len();
@@ -144,34 +151,35 @@ pub fn examples_from(requests: &[Request], chunk_size: u64, epoch_requests: u64,
     let mut pending_ex = Examples::default();
     let mut stat = [0f32; N_FEATURES];
     let mut req_in_epoch = 0u64;
-    let mut close_epoch = |counters: &ChunkCounters, history: &mut History, ex: &mut Examples, rng: &mut Rng| {
-        history.fold(counters);
-        // Label last epoch's rows with this epoch's accesses.
-        for (r, &c) in pending.iter().enumerate() {
-            pending_ex.target[r] = soft_target(history.count(c as usize, 0));
-            ex.push_from(&pending_ex, r);
-        }
-        pending.clear();
-        pending_ex = Examples::default();
-        cand.collect(history);
-        pending.extend_from_slice(&cand.chunks);
-        let n_idle = cand.chunks.len().min(n - cand.chunks.len());
-        for _ in 0..n_idle {
-            let c = rng.below(n);
-            if !cand.contains(c) {
-                pending.push(c as u32);
+    let mut close_epoch =
+        |counters: &ChunkCounters, history: &mut History, ex: &mut Examples, rng: &mut Rng| {
+            history.fold(counters);
+            // Label last epoch's rows with this epoch's accesses.
+            for (r, &c) in pending.iter().enumerate() {
+                pending_ex.target[r] = soft_target(history.count(c as usize, 0));
+                ex.push_from(&pending_ex, r);
             }
-        }
-        for &c in &pending {
-            let mut row = [0f32; N_FEATURES];
-            let mut seq = [0f32; SEQ_W];
-            chunk_features(history, Some(c as usize), &mut row);
-            sequence_features(history, Some(c as usize), &mut seq, &mut stat);
-            pending_ex.flat.extend_from_slice(&row);
-            pending_ex.seq.extend_from_slice(&seq);
-            pending_ex.target.push(0.0);
-        }
-    };
+            pending.clear();
+            pending_ex = Examples::default();
+            cand.collect(history);
+            pending.extend_from_slice(&cand.chunks);
+            let n_idle = cand.chunks.len().min(n - cand.chunks.len());
+            for _ in 0..n_idle {
+                let c = rng.below(n);
+                if !cand.contains(c) {
+                    pending.push(c as u32);
+                }
+            }
+            for &c in &pending {
+                let mut row = [0f32; N_FEATURES];
+                let mut seq = [0f32; SEQ_W];
+                chunk_features(history, Some(c as usize), &mut row);
+                sequence_features(history, Some(c as usize), &mut seq, &mut stat);
+                pending_ex.flat.extend_from_slice(&row);
+                pending_ex.seq.extend_from_slice(&seq);
+                pending_ex.target.push(0.0);
+            }
+        };
     for a in &accesses {
         if a.first {
             if req_in_epoch == epoch_requests {
@@ -204,7 +212,11 @@ fn subsample(ex: Examples, max: usize, rng: &mut Rng) -> Examples {
 
 /// The requests of `path` used for training: the first `fraction` of
 /// them, capped at `max`.
-pub fn training_slice(path: &std::path::Path, fraction: f64, max: Option<usize>) -> Result<Vec<Request>> {
+pub fn training_slice(
+    path: &std::path::Path,
+    fraction: f64,
+    max: Option<usize>,
+) -> Result<Vec<Request>> {
     let mut reqs = trace::read_all(path)?;
     let keep = ((reqs.len() as f64) * fraction.clamp(0.0, 1.0)).floor() as usize;
     reqs.truncate(keep.min(max.unwrap_or(usize::MAX)));
@@ -217,7 +229,9 @@ pub fn build_examples(cfg: &TrainConfig) -> Result<Examples> {
         return Err(Error::Training("no training traces given".into()));
     }
     if cfg.epoch_requests == 0 {
-        return Err(Error::Training("epoch length must be at least one request".into()));
+        return Err(Error::Training(
+            "epoch length must be at least one request".into(),
+        ));
     }
     let mut rng = Rng::new(cfg.seed ^ 0x7453_4d50);
     let mut all = Examples::default();
@@ -233,12 +247,19 @@ pub fn build_examples(cfg: &TrainConfig) -> Result<Examples> {
         }
     }
     if all.is_empty() {
-        return Err(Error::Training("the training traces produced no examples".into()));
+        return Err(Error::Training(
+            "the training traces produced no examples".into(),
+        ));
     }
     Ok(all)
 }
 
-fn batch_tensors(ex: &Examples, idx: &[usize], arch: Arch, device: &Device) -> (Tensor<2>, Option<Tensor<3>>, Tensor<2>) {
+fn batch_tensors(
+    ex: &Examples,
+    idx: &[usize],
+    arch: Arch,
+    device: &Device,
+) -> (Tensor<2>, Option<Tensor<3>>, Tensor<2>) {
     let b = idx.len();
     let mut flat = Vec::with_capacity(b * N_FEATURES);
     let mut seq = Vec::with_capacity(if arch == Arch::Gru { b * SEQ_W } else { 0 });
@@ -251,8 +272,12 @@ fn batch_tensors(ex: &Examples, idx: &[usize], arch: Arch, device: &Device) -> (
         y.push(ex.target[i]);
     }
     let flat = Tensor::<2>::from_data(TensorData::new(flat, [b, N_FEATURES]), device);
-    let seq = (arch == Arch::Gru)
-        .then(|| Tensor::<3>::from_data(TensorData::new(seq, [b, HISTORY_EPOCHS, N_STEP_FEATURES]), device));
+    let seq = (arch == Arch::Gru).then(|| {
+        Tensor::<3>::from_data(
+            TensorData::new(seq, [b, HISTORY_EPOCHS, N_STEP_FEATURES]),
+            device,
+        )
+    });
     let y = Tensor::<2>::from_data(TensorData::new(y, [b, 1]), device);
     (flat, seq, y)
 }
@@ -287,7 +312,9 @@ pub fn train_on(ex: &Examples, cfg: &TrainConfig) -> Result<LearnedPredictor> {
         return Err(Error::Training("no examples".into()));
     }
     if cfg.hidden < 2 || cfg.batch_size == 0 || cfg.passes == 0 {
-        return Err(Error::Training("hidden size ≥ 2, batch size ≥ 1 and passes ≥ 1 are required".into()));
+        return Err(Error::Training(
+            "hidden size ≥ 2, batch size ≥ 1 and passes ≥ 1 are required".into(),
+        ));
     }
     let mut rng = Rng::new(cfg.seed);
     let mut idx: Vec<usize> = (0..ex.len()).collect();
@@ -309,7 +336,7 @@ pub fn train_on(ex: &Examples, cfg: &TrainConfig) -> Result<LearnedPredictor> {
             let (x, s, y) = batch_tensors(ex, b, cfg.arch, &device);
             let loss = bce_with_logits(net.forward_rows(x, s), y);
             let grads = GradientsParams::from_grads(loss.backward(), &net);
-            if batches % 64 == 0 {
+            if batches.is_multiple_of(64) {
                 let v: Vec<f32> = loss.into_data().try_into_vec::<f32>().unwrap_or_default();
                 sum += v.first().copied().unwrap_or(f32::NAN) as f64;
             }
@@ -317,7 +344,11 @@ pub fn train_on(ex: &Examples, cfg: &TrainConfig) -> Result<LearnedPredictor> {
             batches += 1;
         }
         last_loss = (sum / batches.div_ceil(64) as f64) as f32;
-        log::info!("pass {}/{}: train loss ≈ {last_loss:.4}", pass + 1, cfg.passes);
+        log::info!(
+            "pass {}/{}: train loss ≈ {last_loss:.4}",
+            pass + 1,
+            cfg.passes
+        );
     }
     let net = net.valid();
     let valid_loss = eval_loss(&net, ex, valid, cfg.arch, &Device::flex());
@@ -353,9 +384,16 @@ mod tests {
     fn fingerprint(p: &LearnedPredictor) -> Vec<u32> {
         let mut rng = Rng::new(99);
         let rows = 64;
-        let flat: Vec<f32> = (0..rows * N_FEATURES).map(|_| rng.below(400) as f32 / 100.0).collect();
-        let seq: Vec<f32> = (0..rows * SEQ_W).map(|_| rng.below(400) as f32 / 100.0).collect();
-        p.score_rows(&flat, &seq, rows).iter().map(|s| s.to_bits()).collect()
+        let flat: Vec<f32> = (0..rows * N_FEATURES)
+            .map(|_| rng.below(400) as f32 / 100.0)
+            .collect();
+        let seq: Vec<f32> = (0..rows * SEQ_W)
+            .map(|_| rng.below(400) as f32 / 100.0)
+            .collect();
+        p.score_rows(&flat, &seq, rows)
+            .iter()
+            .map(|s| s.to_bits())
+            .collect()
     }
 
     #[test]
