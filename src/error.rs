@@ -12,6 +12,14 @@ pub enum Error {
     Volume(#[from] crate::volume::Error),
     #[error(transparent)]
     Daemon(#[from] crate::daemon::Error),
+    #[error(transparent)]
+    Trace(#[from] crate::trace::Error),
+    #[error(transparent)]
+    Profile(#[from] crate::profile::Error),
+    #[error(transparent)]
+    Predict(#[from] crate::predict::Error),
+    #[error(transparent)]
+    Replay(#[from] crate::replay::Error),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -4,11 +4,17 @@
 
 pub mod blk;
 pub mod config;
+pub mod cost;
 pub mod daemon;
 pub mod error;
 pub mod meta;
 pub mod migrate;
+pub mod place;
+pub mod predict;
+pub mod profile;
+pub mod replay;
 pub mod tier;
+pub mod trace;
 pub mod volume;
 
 pub use error::{Error, Result};

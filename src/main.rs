@@ -3,7 +3,12 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use tierblk::{config::Config, daemon};
+use tierblk::{
+    config::{ByteSize, Config, TieringPolicy},
+    daemon,
+    predict::learned::{train, Arch},
+    replay::{self, PolicyKind, ReplayConfig},
+};
 
 /// vhost-user-blk storage daemon with predictive, cost-aware data tiering.
 #[derive(Parser, Debug)]
@@ -30,7 +35,97 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Replay a block trace through profiler → predictor → placement with a
+    /// simulated clock, and compare with reference policies.
+    Replay(ReplayArgs),
+    /// Train a learned predictor on block traces and write a model file.
+    Train(TrainArgs),
 }
+
+#[derive(clap::Args, Debug)]
+struct ReplayArgs {
+    /// Trace file: normalized CSV, or MSR Cambridge CSV (`*.msr.csv`).
+    #[arg(long)]
+    trace: PathBuf,
+    /// Daemon config whose tiers (latency, bandwidth, capacity, cost) are
+    /// used; default: the shipped example config.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    #[arg(long, default_value = "1MiB")]
+    chunk_size: ByteSize,
+    /// Fast-tier size as a share of the trace footprint; 0 keeps the
+    /// configured capacity of tier 0.
+    #[arg(long, default_value_t = 0.1)]
+    fast_fraction: f64,
+    /// Requests per profiling epoch.
+    #[arg(long, default_value_t = 1000)]
+    epoch_requests: u64,
+    /// Start at this share of the trace (0.5: replay the second half only).
+    #[arg(long, default_value_t = 0.0)]
+    from: f64,
+    #[arg(long)]
+    max_requests: Option<usize>,
+    /// Tiering policy of tierblk's runs.
+    #[arg(long, default_value = "performance-optimized")]
+    policy: TieringPolicy,
+    /// Predictors for tierblk's runs, comma-separated: builtin names or model files.
+    #[arg(long, default_value = "learned,ewma", value_delimiter = ',')]
+    models: Vec<String>,
+    /// Comparison policies, comma-separated: none, all-fast, lru, oracle.
+    #[arg(
+        long,
+        default_value = "none,all-fast,lru,oracle",
+        value_delimiter = ','
+    )]
+    compare: Vec<String>,
+    /// Migration budget per epoch, as a share of the fast tier's capacity.
+    #[arg(long, default_value_t = 0.5)]
+    budget_fraction: f64,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+struct TrainArgs {
+    /// Training traces (repeat the flag); default: the four shared traces
+    /// in ../shared/traces.
+    #[arg(long)]
+    trace: Vec<PathBuf>,
+    /// Model file to write.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value = "mlp")]
+    arch: Arch,
+    #[arg(long, default_value_t = 32)]
+    hidden: usize,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Passes over the training examples.
+    #[arg(long, default_value_t = 4)]
+    passes: usize,
+    #[arg(long, default_value_t = 1000)]
+    epoch_requests: u64,
+    /// Share of each trace, from its start, used for training (the rest is held out).
+    #[arg(long, default_value_t = 0.5)]
+    train_fraction: f64,
+    #[arg(long, default_value = "64KiB,1MiB", value_delimiter = ',')]
+    chunk_sizes: Vec<ByteSize>,
+    /// Examples kept per trace and chunk size.
+    #[arg(long, default_value_t = 100_000)]
+    max_examples: usize,
+    #[arg(long, default_value_t = 512)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 3e-3)]
+    learning_rate: f64,
+}
+
+const SHARED_TRACES: &[&str] = &[
+    "cloudphysics_vm.csv",
+    "msr_hm_0_excerpt.csv",
+    "hplajw_1week.csv",
+    "arc_P3.csv",
+];
 
 fn run(cli: Cli) -> tierblk::Result<()> {
     match cli.command {
@@ -46,6 +141,85 @@ fn run(cli: Cli) -> tierblk::Result<()> {
             print!(
                 "{}",
                 toml::to_string_pretty(&cfg).expect("a loaded config serializes")
+            );
+            Ok(())
+        }
+        Command::Replay(a) => {
+            let mut policies: Vec<PolicyKind> = a
+                .models
+                .iter()
+                .map(|m| PolicyKind::Predictive(m.clone()))
+                .collect();
+            for c in &a.compare {
+                let p: PolicyKind = c
+                    .parse()
+                    .map_err(|e: String| replay::Error::Invalid(format!("--compare: {e}")))?;
+                if matches!(p, PolicyKind::Predictive(_)) {
+                    return Err(replay::Error::Invalid(format!(
+                        "--compare {c}: expected none, all-fast, lru or oracle (predictors go in --models)"
+                    ))
+                    .into());
+                }
+                policies.push(p);
+            }
+            let cfg = ReplayConfig {
+                chunk_size: a.chunk_size.0,
+                fast_fraction: (a.fast_fraction > 0.0).then_some(a.fast_fraction),
+                epoch_requests: a.epoch_requests,
+                from_fraction: a.from,
+                max_requests: a.max_requests,
+                tiering_policy: a.policy,
+                budget_fraction: a.budget_fraction,
+                policies,
+                ..ReplayConfig::default()
+            };
+            let report = replay::replay_file(&a.trace, a.config.as_deref(), &cfg)?;
+            if a.json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{}", report.to_table());
+            }
+            Ok(())
+        }
+        Command::Train(a) => {
+            let traces = if a.trace.is_empty() {
+                let dir = PathBuf::from("../shared/traces");
+                if !dir.is_dir() {
+                    return Err(tierblk::predict::Error::Training(format!(
+                        "no --trace given and the shared traces folder {} does not exist",
+                        dir.display()
+                    ))
+                    .into());
+                }
+                SHARED_TRACES.iter().map(|t| dir.join(t)).collect()
+            } else {
+                a.trace
+            };
+            let cfg = train::TrainConfig {
+                traces,
+                chunk_sizes: a.chunk_sizes.iter().map(|c| c.0).collect(),
+                epoch_requests: a.epoch_requests,
+                train_fraction: a.train_fraction,
+                max_requests: None,
+                arch: a.arch,
+                hidden: a.hidden,
+                seed: a.seed,
+                passes: a.passes,
+                batch_size: a.batch_size,
+                learning_rate: a.learning_rate,
+                max_examples: a.max_examples,
+            };
+            let model = train::train(&cfg)?;
+            model.save(&a.out)?;
+            let h = model.header();
+            eprintln!(
+                "wrote {}: {} hidden {}, {} examples, train loss {:.4}, validation loss {:.4}",
+                a.out.display(),
+                h.arch,
+                h.hidden,
+                h.examples,
+                h.train_loss,
+                h.valid_loss
             );
             Ok(())
         }

@@ -1,0 +1,521 @@
+//! The policies replay compares, all driven through one simulator so that
+//! accesses, hits, migrations, latency and cost are counted the same way.
+
+use std::{
+    cmp::Reverse,
+    collections::{BTreeSet, BinaryHeap},
+    str::FromStr,
+    time::Instant,
+};
+
+use super::{
+    latency::{mean_p99, LatencyModel},
+    Error, ReplayConfig, Result, RunReport,
+};
+use crate::{
+    config::{TierDefinition, TieringPolicy},
+    cost,
+    place::{self, PlanInput},
+    predict::{self, HeatMap, Predictor},
+    profile::{ChunkCounters, History},
+    trace::Access,
+};
+
+/// A placement policy replay can run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicyKind {
+    /// tierblk: profiler → predictor (named as in `prediction_model`) → placement.
+    Predictive(String),
+    /// Everything on the slowest tier.
+    NoTiering,
+    /// Everything on tier 0, ignoring its capacity (upper bound on speed and cost).
+    AllFast,
+    /// Tier 0 as an LRU cache: promote on every miss, demote the least recently used.
+    Lru,
+    /// Tier 0 managed with future knowledge (Belady): promote on every miss,
+    /// demote the chunk used furthest in the future.
+    Oracle,
+}
+
+impl FromStr for PolicyKind {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Ok(match s {
+            "none" | "no-tiering" => Self::NoTiering,
+            "all-fast" => Self::AllFast,
+            "lru" => Self::Lru,
+            "oracle" | "belady" => Self::Oracle,
+            "" => return Err("empty policy name".into()),
+            other => Self::Predictive(other.strip_prefix("tierblk:").unwrap_or(other).to_string()),
+        })
+    }
+}
+
+impl PolicyKind {
+    pub fn name(&self) -> String {
+        match self {
+            Self::Predictive(m) => {
+                let short = std::path::Path::new(m)
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| m.clone());
+                format!("tierblk-{short}")
+            }
+            Self::NoTiering => "no-tiering".into(),
+            Self::AllFast => "all-fast".into(),
+            Self::Lru => "lru".into(),
+            Self::Oracle => "oracle".into(),
+        }
+    }
+}
+
+pub(super) struct Context<'a> {
+    pub accesses: &'a [Access],
+    pub footprint: usize,
+    /// Chunks per tier, fastest first (the slowest is unbounded).
+    pub capacity: &'a [u64],
+    pub tiers: &'a [&'a TierDefinition],
+    pub latency: &'a LatencyModel,
+    pub cfg: &'a ReplayConfig,
+}
+
+/// Placement state and counters shared by all policies.
+struct Sim<'a> {
+    ctx: &'a Context<'a>,
+    tier_of: Vec<u8>,
+    occupancy: Vec<u64>,
+    hits: u64,
+    promoted: u64,
+    promoted_fast: u64,
+    demoted: u64,
+    prefetches: u64,
+    max_fast: u64,
+    latencies: Vec<f32>,
+    request_us: f64,
+    cost_sum: f64,
+    cost_samples: u64,
+    /// Set when a move would overfill a tier: a harness bug, reported as an error.
+    overfull: Option<String>,
+}
+
+impl<'a> Sim<'a> {
+    fn new(ctx: &'a Context<'a>, initial_tier: usize) -> Self {
+        let mut occupancy = vec![0; ctx.capacity.len()];
+        occupancy[initial_tier] = ctx.footprint as u64;
+        Self {
+            ctx,
+            tier_of: vec![initial_tier as u8; ctx.footprint],
+            occupancy,
+            hits: 0,
+            promoted: 0,
+            promoted_fast: 0,
+            demoted: 0,
+            prefetches: 0,
+            max_fast: if initial_tier == 0 {
+                ctx.footprint as u64
+            } else {
+                0
+            },
+            latencies: Vec::new(),
+            request_us: 0.0,
+            cost_sum: 0.0,
+            cost_samples: 0,
+            overfull: None,
+        }
+    }
+
+    fn slowest(&self) -> usize {
+        self.ctx.capacity.len() - 1
+    }
+
+    fn has_room(&self, tier: usize) -> bool {
+        self.occupancy[tier] < self.ctx.capacity[tier]
+    }
+
+    fn move_chunk(&mut self, chunk: u32, to: usize) {
+        let from = self.tier_of[chunk as usize] as usize;
+        if from == to {
+            return;
+        }
+        self.occupancy[from] -= 1;
+        self.occupancy[to] += 1;
+        if self.occupancy[to] > self.ctx.capacity[to] && self.overfull.is_none() {
+            self.overfull = Some(format!("tier {to} over capacity moving chunk {chunk}"));
+        }
+        let cs = self.ctx.cfg.chunk_size;
+        if to == 0 {
+            self.promoted_fast += cs;
+        }
+        if to < from {
+            self.promoted += cs;
+        } else {
+            self.demoted += cs;
+        }
+        self.tier_of[chunk as usize] = to as u8;
+        self.max_fast = self.max_fast.max(self.occupancy[0]);
+    }
+
+    /// Serves one access from the chunk's current tier.
+    fn serve(&mut self, a: &Access) {
+        let t = self.tier_of[a.chunk as usize] as usize;
+        if t == 0 {
+            self.hits += 1;
+        }
+        let us = self.ctx.latency.access_us(t, a.write, a.bytes);
+        if a.first {
+            self.end_request();
+            self.request_us = us;
+        } else {
+            self.request_us = self.request_us.max(us);
+        }
+    }
+
+    fn end_request(&mut self) {
+        if self.request_us > 0.0 {
+            self.latencies.push(self.request_us as f32);
+        }
+        self.request_us = 0.0;
+    }
+
+    fn sample_cost(&mut self) {
+        self.cost_sum +=
+            cost::placement_cost(self.ctx.tiers, &self.occupancy, self.ctx.cfg.chunk_size);
+        self.cost_samples += 1;
+    }
+
+    fn finish(mut self, policy: String, predict_secs: f64) -> Result<RunReport> {
+        self.end_request();
+        self.sample_cost();
+        if let Some(e) = self.overfull {
+            return Err(Error::Invalid(format!("{policy}: {e}")));
+        }
+        let (mean, p99) = mean_p99(&mut self.latencies);
+        let n = self.ctx.accesses.len() as u64;
+        Ok(RunReport {
+            policy,
+            accesses: n,
+            fast_hits: self.hits,
+            hit_ratio: if n == 0 {
+                0.0
+            } else {
+                self.hits as f64 / n as f64
+            },
+            bytes_promoted: self.promoted,
+            bytes_promoted_fast: self.promoted_fast,
+            bytes_demoted: self.demoted,
+            prefetches: self.prefetches,
+            mean_latency_us: mean,
+            p99_latency_us: p99,
+            cost_per_month: self.cost_sum / self.cost_samples as f64,
+            max_fast_chunks: self.max_fast,
+            predict_secs,
+        })
+    }
+}
+
+/// A policy's reaction to accesses and epoch boundaries.
+trait Policy {
+    /// Serves access number `i` (calling `sim.serve`) and reacts to it.
+    fn access(&mut self, sim: &mut Sim<'_>, i: usize, a: &Access);
+    /// Called between epochs, after the last access of the epoch.
+    fn epoch(&mut self, _sim: &mut Sim<'_>) {}
+}
+
+fn drive(ctx: &Context<'_>, sim: &mut Sim<'_>, policy: &mut dyn Policy) {
+    let epoch = ctx.cfg.epoch_requests;
+    let mut in_epoch = 0u64;
+    for (i, a) in ctx.accesses.iter().enumerate() {
+        if a.first {
+            if in_epoch == epoch {
+                policy.epoch(sim);
+                sim.sample_cost();
+                in_epoch = 0;
+            }
+            in_epoch += 1;
+        }
+        policy.access(sim, i, a);
+    }
+}
+
+struct Static;
+
+impl Policy for Static {
+    fn access(&mut self, sim: &mut Sim<'_>, _i: usize, a: &Access) {
+        sim.serve(a);
+    }
+}
+
+const NIL: u32 = u32::MAX;
+
+/// Tier 0 as an LRU list (intrusive, O(1) per access).
+struct Lru {
+    prev: Vec<u32>,
+    next: Vec<u32>,
+    head: u32,
+    tail: u32,
+}
+
+impl Lru {
+    fn new(n: usize) -> Self {
+        Self {
+            prev: vec![NIL; n],
+            next: vec![NIL; n],
+            head: NIL,
+            tail: NIL,
+        }
+    }
+
+    fn unlink(&mut self, c: u32) {
+        let (p, n) = (self.prev[c as usize], self.next[c as usize]);
+        if p != NIL {
+            self.next[p as usize] = n;
+        } else {
+            self.head = n;
+        }
+        if n != NIL {
+            self.prev[n as usize] = p;
+        } else {
+            self.tail = p;
+        }
+    }
+
+    fn push_front(&mut self, c: u32) {
+        self.prev[c as usize] = NIL;
+        self.next[c as usize] = self.head;
+        if self.head != NIL {
+            self.prev[self.head as usize] = c;
+        }
+        self.head = c;
+        if self.tail == NIL {
+            self.tail = c;
+        }
+    }
+}
+
+impl Policy for Lru {
+    fn access(&mut self, sim: &mut Sim<'_>, _i: usize, a: &Access) {
+        sim.serve(a);
+        let c = a.chunk;
+        if sim.tier_of[c as usize] == 0 {
+            self.unlink(c);
+        } else {
+            if !sim.has_room(0) {
+                let victim = self.tail;
+                self.unlink(victim);
+                let to = sim.slowest();
+                sim.move_chunk(victim, to);
+            }
+            sim.move_chunk(c, 0);
+        }
+        self.push_front(c);
+    }
+}
+
+/// Belady: evict the resident chunk whose next use is furthest away.
+struct Oracle {
+    next_use: Vec<u32>,
+    key: Vec<u32>,
+    resident: BTreeSet<(u32, u32)>,
+}
+
+impl Oracle {
+    fn new(accesses: &[Access], footprint: usize) -> Self {
+        let mut next_use = vec![NIL; accesses.len()];
+        let mut seen = vec![NIL; footprint];
+        for (i, a) in accesses.iter().enumerate().rev() {
+            next_use[i] = seen[a.chunk as usize];
+            seen[a.chunk as usize] = i as u32;
+        }
+        Self {
+            next_use,
+            key: vec![NIL; footprint],
+            resident: BTreeSet::new(),
+        }
+    }
+}
+
+impl Policy for Oracle {
+    fn access(&mut self, sim: &mut Sim<'_>, i: usize, a: &Access) {
+        sim.serve(a);
+        let c = a.chunk;
+        if sim.tier_of[c as usize] == 0 {
+            self.resident.remove(&(self.key[c as usize], c));
+        } else {
+            if !sim.has_room(0) {
+                if let Some((_, victim)) = self.resident.pop_last() {
+                    let to = sim.slowest();
+                    sim.move_chunk(victim, to);
+                }
+            }
+            sim.move_chunk(c, 0);
+        }
+        self.key[c as usize] = self.next_use[i];
+        self.resident.insert((self.next_use[i], c));
+    }
+}
+
+/// tierblk's own pipeline: counters → history → predictor → heat map →
+/// per-epoch plan (promotions incl. prefetch, demotions, within the
+/// migration budget), plus promotion on a miss between epochs.
+///
+/// Between epochs tier 0 is managed by priority: a chunk's priority is its
+/// predicted score, raised to the predictor's first-touch score when it is
+/// accessed; the resident with the lowest priority (least recently used
+/// among equals) is displaced, and a missing chunk is promoted only when
+/// `place::admit_on_miss` accepts it against that victim. With a predictor
+/// that scores every chunk alike this is exactly LRU; the model earns its
+/// keep by ranking chunks differently.
+struct Predictive {
+    predictor: Box<dyn Predictor>,
+    counters: ChunkCounters,
+    history: History,
+    heat: HeatMap,
+    priority: Vec<f32>,
+    last_use: Vec<u32>,
+    touch_score: f32,
+    /// Tier-0 residents keyed (priority, last use), lowest first; lazy:
+    /// stale entries are skipped.
+    victims: BinaryHeap<Reverse<(u32, u32, u32)>>,
+    policy: TieringPolicy,
+    margin: f32,
+    budget: usize,
+    predict_secs: f64,
+}
+
+impl Predictive {
+    fn key(&self, c: u32) -> (u32, u32, u32) {
+        (
+            self.priority[c as usize].to_bits(),
+            self.last_use[c as usize],
+            c,
+        )
+    }
+
+    fn coldest_resident(&mut self, sim: &Sim<'_>) -> Option<(u32, f32)> {
+        while let Some(&Reverse(k)) = self.victims.peek() {
+            let c = k.2;
+            if sim.tier_of[c as usize] == 0 && self.key(c) == k {
+                return Some((c, f32::from_bits(k.0)));
+            }
+            self.victims.pop();
+        }
+        None
+    }
+
+    fn rebuild_victims(&mut self, sim: &Sim<'_>) {
+        self.victims.clear();
+        for (c, &t) in sim.tier_of.iter().enumerate() {
+            if t == 0 {
+                self.victims.push(Reverse(self.key(c as u32)));
+            }
+        }
+    }
+}
+
+impl Policy for Predictive {
+    fn access(&mut self, sim: &mut Sim<'_>, i: usize, a: &Access) {
+        a.record(&self.counters);
+        sim.serve(a);
+        let c = a.chunk;
+        let ci = c as usize;
+        self.last_use[ci] = i as u32;
+        self.priority[ci] = self.priority[ci].max(self.touch_score);
+        if sim.tier_of[ci] == 0 {
+            self.victims.push(Reverse(self.key(c)));
+            return;
+        }
+        let victim = if sim.has_room(0) {
+            None
+        } else {
+            self.coldest_resident(sim)
+        };
+        if !place::admit_on_miss(self.policy, self.priority[ci], victim.map(|v| v.1)) {
+            return;
+        }
+        if let Some((v, _)) = victim {
+            let Some(to) = (1..sim.ctx.capacity.len()).find(|&t| sim.has_room(t)) else {
+                return;
+            };
+            self.victims.pop();
+            sim.move_chunk(v, to);
+        }
+        sim.move_chunk(c, 0);
+        self.victims.push(Reverse(self.key(c)));
+    }
+
+    fn epoch(&mut self, sim: &mut Sim<'_>) {
+        self.history.fold(&self.counters);
+        let t = Instant::now();
+        self.predictor.predict(&self.history, &mut self.heat);
+        self.touch_score = self.predictor.first_touch_score();
+        self.predict_secs += t.elapsed().as_secs_f64();
+        self.priority.copy_from_slice(self.heat.scores());
+        let plan = place::plan(PlanInput {
+            policy: self.policy,
+            heat: &self.heat,
+            current: &sim.tier_of,
+            capacity: sim.ctx.capacity,
+            budget: self.budget,
+            margin: self.margin,
+        });
+        for m in &plan.moves {
+            if m.to < m.from && self.history.count(m.chunk as usize, 0) == 0 {
+                sim.prefetches += 1;
+            }
+            sim.move_chunk(m.chunk, m.to as usize);
+        }
+        self.rebuild_victims(sim);
+    }
+}
+
+pub(super) fn run(ctx: &Context<'_>, kind: &PolicyKind) -> Result<RunReport> {
+    let slowest = ctx.capacity.len() - 1;
+    let name = kind.name();
+    match kind {
+        PolicyKind::NoTiering => {
+            let mut sim = Sim::new(ctx, slowest);
+            drive(ctx, &mut sim, &mut Static);
+            sim.finish(name, 0.0)
+        }
+        PolicyKind::AllFast => {
+            let mut sim = Sim::new(ctx, 0);
+            drive(ctx, &mut sim, &mut Static);
+            sim.finish(name, 0.0)
+        }
+        PolicyKind::Lru => {
+            let mut sim = Sim::new(ctx, slowest);
+            drive(ctx, &mut sim, &mut Lru::new(ctx.footprint));
+            sim.finish(name, 0.0)
+        }
+        PolicyKind::Oracle => {
+            let mut sim = Sim::new(ctx, slowest);
+            drive(ctx, &mut sim, &mut Oracle::new(ctx.accesses, ctx.footprint));
+            sim.finish(name, 0.0)
+        }
+        PolicyKind::Predictive(model) => {
+            let predictor = predict::load(model)?;
+            let budget =
+                ((ctx.capacity[0] as f64 * ctx.cfg.budget_fraction).ceil() as usize).max(2);
+            let mut predictor = predictor;
+            let touch_score = predictor.first_touch_score();
+            let mut p = Predictive {
+                predictor,
+                counters: ChunkCounters::new(ctx.footprint),
+                history: History::new(ctx.footprint),
+                heat: HeatMap::from_scores(vec![0.0; ctx.footprint]),
+                priority: vec![0.0; ctx.footprint],
+                last_use: vec![0; ctx.footprint],
+                touch_score,
+                victims: BinaryHeap::new(),
+                policy: ctx.cfg.tiering_policy,
+                margin: ctx.cfg.margin,
+                budget,
+                predict_secs: 0.0,
+            };
+            let mut sim = Sim::new(ctx, slowest);
+            drive(ctx, &mut sim, &mut p);
+            let secs = p.predict_secs;
+            sim.finish(name, secs)
+        }
+    }
+}
