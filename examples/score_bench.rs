@@ -28,7 +28,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             for _ in 0..(x % 4) {
                 counters.record_read(c, 4096);
             }
-            if x % 7 == 0 {
+            if x.is_multiple_of(7) {
                 counters.record_write(c, 4096);
             }
         }

@@ -275,6 +275,9 @@ impl VolumeMetadata {
 fn default_epoch_secs() -> f64 {
     10.0
 }
+fn default_migration_mibps() -> f64 {
+    64.0
+}
 fn default_state_dir() -> PathBuf {
     PathBuf::from("/var/lib/tierblk")
 }
@@ -289,6 +292,10 @@ pub struct DaemonSettings {
     /// Profiling interval, seconds.
     #[serde(default = "default_epoch_secs")]
     pub epoch_secs: f64,
+    /// Bandwidth background migration may use per volume, MiB/s (0 = no
+    /// limit).
+    #[serde(default = "default_migration_mibps")]
+    pub migration_mibps: f64,
 }
 
 impl Default for DaemonSettings {
@@ -296,6 +303,7 @@ impl Default for DaemonSettings {
         Self {
             state_dir: default_state_dir(),
             epoch_secs: default_epoch_secs(),
+            migration_mibps: default_migration_mibps(),
         }
     }
 }
@@ -373,6 +381,14 @@ impl Config {
                 "daemon.epoch_secs",
                 self.daemon.epoch_secs,
                 "must be a positive number of seconds",
+            ));
+        }
+        let m = self.daemon.migration_mibps;
+        if !(m.is_finite() && m >= 0.0) {
+            return Err(invalid(
+                "daemon.migration_mibps",
+                m,
+                "must be a non-negative number of MiB/s",
             ));
         }
         let mut ids = HashSet::new();

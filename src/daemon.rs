@@ -7,6 +7,7 @@ use std::{
     path::{Path, PathBuf},
     sync::Arc,
     thread,
+    time::Duration,
 };
 
 use log::{error, info, warn};
@@ -15,7 +16,16 @@ use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 
-use crate::{blk::backend::BlkBackend, config::Config, meta::Store, tier::TierSet, volume::Volume};
+use crate::{
+    blk::backend::BlkBackend,
+    config::Config,
+    epoch::Brain,
+    meta::Store,
+    predict::HeatMap,
+    profile::{initial_heat_map, VmProfile},
+    tier::TierSet,
+    volume::Volume,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -34,6 +44,17 @@ pub enum Error {
     NoVolumes,
     #[error("cannot install signal handling: {0}")]
     Signals(std::io::Error),
+    #[error("volume '{volume}': prediction_model '{model}': {source}")]
+    Model {
+        volume: String,
+        model: String,
+        source: crate::predict::Error,
+    },
+    #[error("volume '{volume}': domain_xml: {source}")]
+    Profile {
+        volume: String,
+        source: crate::profile::Error,
+    },
 }
 
 /// Options of `serve` beyond the config file.
@@ -50,11 +71,13 @@ fn create_dir(p: &Path) -> Result<(), Error> {
     })
 }
 
-/// Everything `serve` opened: the tiers, the store and the volumes.
+/// Everything `serve` opened: the tiers, the store, the volumes and the
+/// brain (predictor and epoch loop) of each volume.
 pub struct Opened {
     pub tiers: Arc<TierSet>,
     pub store: Arc<Store>,
     pub volumes: Vec<Arc<Volume>>,
+    pub brains: Vec<Brain>,
 }
 
 /// Opens tiers, store and volumes as the config describes.
@@ -77,15 +100,64 @@ pub fn open(cfg: &Config, opts: &ServeOptions) -> crate::Result<Opened> {
     for t in &cfg.tiers {
         store.put_tier(t)?;
     }
-    let volumes = cfg
-        .volumes
-        .iter()
-        .map(|v| Volume::open(v.clone(), tiers.clone(), store.clone()).map(Arc::new))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut volumes = Vec::new();
+    let mut brains = Vec::new();
+    let epoch = Duration::from_secs_f64(cfg.daemon.epoch_secs);
+    for meta in &cfg.volumes {
+        // Load the model before touching the volume, so a bad model file
+        // stops the daemon with a clear error.
+        let predictor =
+            crate::predict::load(&meta.prediction_model).map_err(|source| Error::Model {
+                volume: meta.name.clone(),
+                model: meta.prediction_model.clone(),
+                source,
+            })?;
+        let profile = match &meta.domain_xml {
+            Some(p) => Some(VmProfile::from_file(p).map_err(|source| Error::Profile {
+                volume: meta.name.clone(),
+                source,
+            })?),
+            None => None,
+        };
+        let v = Arc::new(Volume::open(meta.clone(), tiers.clone(), store.clone())?);
+        let saved = match store.heatmap(v.name())? {
+            Some(b) => match HeatMap::from_bytes(v.name(), &b) {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    warn!("volume '{}': ignoring saved heat map: {e}", v.name());
+                    None
+                }
+            },
+            None => None,
+        };
+        let n = v.chunk_count() as usize;
+        let seed = match (&saved, &profile) {
+            (Some(h), _) if h.len() == n => "its saved heat map (warm restart)",
+            (_, Some(_)) => "the VM profile's prior",
+            _ => "a cold heat map",
+        };
+        info!(
+            "volume '{}': predictor {}, starting from {seed}",
+            v.name(),
+            predictor.name()
+        );
+        let heat = initial_heat_map(profile.as_ref(), saved, n);
+        for (c, &s) in heat.scores().iter().enumerate() {
+            v.set_score(c as u32, s);
+        }
+        brains.push(Brain::new(
+            v.clone(),
+            predictor,
+            epoch,
+            cfg.daemon.migration_mibps,
+        ));
+        volumes.push(v);
+    }
     Ok(Opened {
         tiers,
         store,
         volumes,
+        brains,
     })
 }
 
@@ -97,7 +169,11 @@ pub fn serve(cfg: &Config, opts: &ServeOptions) -> crate::Result<()> {
     // Block the stop signals before any thread starts, so that every thread
     // inherits the mask and only the main thread's sigwait receives them.
     let signals = block_stop_signals().map_err(Error::Signals)?;
-    let opened = open(cfg, opts)?;
+    let mut opened = open(cfg, opts)?;
+    let epoch = Duration::from_secs_f64(cfg.daemon.epoch_secs);
+    for brain in opened.brains.drain(..) {
+        crate::epoch::spawn(brain, epoch).expect("spawning a brain thread");
+    }
     for v in &opened.volumes {
         let mut listener =
             Listener::new(&v.metadata().socket, true).map_err(|e| Error::Listen {

@@ -6,6 +6,7 @@ pub mod blk;
 pub mod config;
 pub mod cost;
 pub mod daemon;
+pub mod epoch;
 pub mod error;
 pub mod meta;
 pub mod migrate;

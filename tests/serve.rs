@@ -15,11 +15,11 @@ fn nonzero_bytes(path: &std::path::Path) -> usize {
 
 #[test]
 fn write_read_verify_across_chunk_and_tier_boundaries() {
-    // Tier 1 (where the prior score places new chunks) holds 4 chunks, so
-    // a 1 MiB write overflows onto tier 2 and the request is split over
-    // chunks on two tiers.
+    // New chunks of an unknown VM are cold and go to the slowest tier; it
+    // holds 4 chunks here, so a 1 MiB write overflows onto tier 1 and the
+    // request is split over chunks on two tiers.
     let mut tiers = tiers3();
-    tiers[1].capacity = 256 * KIB;
+    tiers[2].capacity = 256 * KIB;
     let d = Daemon::start(&tiers, &[VolumeSpec::default()]);
     let mut c = Client::connect(&d.socket("vol0"), 1, false).unwrap();
     assert_eq!(c.capacity(), 16 * MIB);
@@ -215,4 +215,36 @@ fn bad_config_is_reported_with_key_and_value() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("chunk_size") && err.contains("3MiB"), "{err}");
+}
+
+#[test]
+fn hot_chunk_is_promoted_in_the_background_and_heat_map_survives_restart() {
+    // epoch_secs = 1 in the test config; the volume uses the EWMA predictor.
+    let mut d = Daemon::start(&tiers3(), &[VolumeSpec::default()]);
+    let data = pattern(MIB as usize, 7);
+    {
+        let mut c = Client::connect(&d.socket("vol0"), 1, false).unwrap();
+        assert_eq!(c.write(0, 0, &data), 0);
+        assert_eq!(c.flush(0), 0);
+        assert_eq!(nonzero_bytes(&d.tier_file(0)), 0, "new chunks start cold");
+        let t = std::time::Instant::now();
+        while t.elapsed() < std::time::Duration::from_secs(4) {
+            let (r, back) = c.read(0, 3 * 64 * KIB, 4096);
+            assert_eq!(r, 0);
+            assert!(back[..] == data[3 * 64 * KIB as usize..][..4096]);
+        }
+        // Promoted while being read: the data is now on tier 0, unchanged.
+        assert!(nonzero_bytes(&d.tier_file(0)) > 0, "{}", d.log());
+        let (_, back) = c.read(0, 0, data.len());
+        assert!(back == data);
+        assert!(d.stop().success());
+    }
+    d.restart();
+    assert!(
+        d.log().contains("starting from its saved heat map"),
+        "{}",
+        d.log()
+    );
+    let mut c = Client::connect(&d.socket("vol0"), 1, false).unwrap();
+    assert!(c.read(0, 0, data.len()).1 == data);
 }

@@ -279,6 +279,7 @@ impl Worker {
             self.free.push(idx);
             return complete_now(vring, mem, head, Some(req.status), err, 0);
         }
+        volume.record_access(req.kind == Kind::Write, req.offset, req.data_len);
         let mapped = if req.kind == Kind::Read {
             volume.map_read(req.offset, req.data_len, &mut slot.segs)
         } else {

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 /// One chunk's counters for the current epoch. 24 bytes, so a few chunks
 /// share a cache line; contention is rare because guests seldom hammer
 /// neighbouring chunks from several queues at once.
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Slot {
     reads: AtomicU32,
     writes: AtomicU32,
@@ -37,6 +37,7 @@ impl EpochCounts {
 /// [`ChunkCounters::drain`]. Chunk indexes out of range are ignored (and
 /// counted in [`ChunkCounters::dropped`]) instead of panicking on the data
 /// path.
+#[derive(Debug)]
 pub struct ChunkCounters {
     slots: Box<[Slot]>,
     /// Byte offset one past the end of the last request, for sequentiality.

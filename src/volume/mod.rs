@@ -134,6 +134,8 @@ pub struct Volume {
     commit_lock: Mutex<()>,
     /// Writes that land on chunks being migrated.
     dirty: dirty::DirtyTracker,
+    /// Per-chunk access counters the data path bumps, the brain drains.
+    counters: crate::profile::ChunkCounters,
 }
 
 /// Score → tier by the seed's thresholds (≥ 0.8 fastest, ≥ 0.3 middle, else
@@ -212,6 +214,7 @@ impl Volume {
             pending: Mutex::default(),
             commit_lock: Mutex::new(()),
             dirty: dirty::DirtyTracker::default(),
+            counters: crate::profile::ChunkCounters::new(chunks),
         })
     }
 
@@ -433,6 +436,19 @@ impl Volume {
                 self.map.unpin(s.chunk);
             }
         }
+    }
+
+    /// Access counters of this volume's chunks (bumped per request).
+    pub fn counters(&self) -> &crate::profile::ChunkCounters {
+        &self.counters
+    }
+
+    /// Counts a guest read or write for the profiler: a few relaxed atomic
+    /// adds, no lock, no allocation.
+    #[inline]
+    pub fn record_access(&self, write: bool, offset: u64, len: u64) {
+        self.counters
+            .record_request(write, offset, len, self.chunk_size());
     }
 
     pub fn dirty_tracker(&self) -> &dirty::DirtyTracker {
