@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
-# Installs the system packages the test suite needs (Debian 12). Idempotent.
+# Installs what the test suite needs on Debian 12 (root). Idempotent.
+#   - QEMU, fio, busybox, cpio, kmod: the real-guest tests (qemu-tests/)
+#   - libvirt daemon, QEMU driver and virsh: the libvirt domain test
+#   - python3-pip: the libCacheSim baseline check (benches/)
 set -euo pipefail
+pkgs=(qemu-system-x86 fio busybox-static cpio kmod xz-utils
+      libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
+      )
 need=()
-for pkg in "$@"; do
+for pkg in "${pkgs[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if ((${#need[@]})); then
@@ -10,5 +16,8 @@ if ((${#need[@]})); then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
-rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
-rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+# libvirt's QEMU driver looks its default user up before reading qemu.conf;
+# Debian's libvirt-daemon-system would create it, the minimal install does not.
+getent group libvirt-qemu >/dev/null || groupadd -r libvirt-qemu
+id libvirt-qemu >/dev/null 2>&1 ||
+    useradd -r -g libvirt-qemu -d /var/lib/libvirt -s /usr/sbin/nologin libvirt-qemu

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Runs every test of tierblk on a fresh Debian 12 machine: installs what the
-# tests need, then lint, unit and whole-daemon tests.
+# Runs every test of tierblk on a fresh Debian 12 machine (as root): installs
+# what the tests need, then lint, unit and whole-daemon tests, the real-guest
+# tests (QEMU + Linux + fio, libvirt) and the replay baseline check.
 # Usage: scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR=never
 
 step() { printf '\n=== %s ===\n' "$*"; }
 
@@ -16,5 +18,9 @@ cargo fmt --check
 step "cargo clippy"
 cargo clippy --all-targets -- -D warnings
 
-step "cargo test (unit tests and whole-daemon tests through blkio)"
+step "cargo test (unit tests, virtqueue tests, whole-daemon tests through blkio)"
 cargo test
+
+step "real guests: QEMU (TCG) + Linux + fio through tierblk, restart, corruption, libvirt"
+cargo build
+python3 qemu-tests/run.py
