@@ -238,6 +238,7 @@ class Suite:
         self.keep = keep
 
     def record(self, name, ok, detail=""):
+        detail = " ".join(str(detail).split())
         if ok:
             self.passed += 1
         else:

@@ -24,3 +24,6 @@ cargo test
 step "real guests: QEMU (TCG) + Linux + fio through tierblk, restart, corruption, libvirt"
 cargo build
 python3 qemu-tests/run.py
+
+step "trace replay vs libCacheSim on the shared traces (tierblk LRU must match libCacheSim LRU)"
+sh benches/baselines.sh
