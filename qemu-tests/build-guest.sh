@@ -22,8 +22,15 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 chmod 755 "$work"   # apt-get download runs as _apt and must write here
 echo "build-guest: downloading $kpkg"
-(cd "$work" && apt-get download -q "$kpkg" 2>&1 | grep -v '^W: Download is performed unsandboxed' || true)
-deb=$(ls "$work"/linux-image-*.deb)
+download() { (cd "$work" && apt-get download -q "$kpkg" 2>&1 | grep -v '^W: Download is performed unsandboxed') || true; }
+download
+if ! ls "$work"/linux-image-*.deb >/dev/null 2>&1; then
+    # Stale package lists can name a kernel the mirror no longer has.
+    apt-get update -qq
+    kpkg=$(apt-cache depends linux-image-amd64 | grep -o 'linux-image-[0-9][^ ]*-amd64' | head -1)
+    download
+fi
+deb=$(ls "$work"/linux-image-*.deb) || { echo "build-guest: could not download $kpkg" >&2; exit 1; }
 dpkg-deb -x "$deb" "$work/k"
 kver=${kpkg#linux-image-}
 moddir="$work/k/lib/modules/$kver"

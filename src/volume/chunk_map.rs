@@ -111,10 +111,10 @@ impl ChunkMap {
         self.words[chunk as usize].load(Ordering::Acquire) & PINS_MASK
     }
 
-    /// Pins an allocated chunk for a read; `None` if unallocated (the read
-    /// returns zeros and needs no pin). Waits out a migration's brief hold,
-    /// so no read can be in flight on an extent that is being switched away.
-    pub fn pin_read(&self, chunk: u32) -> Option<Mapping> {
+    /// Pins an allocated chunk: one CAS adding a pin, after waiting out a
+    /// migration's brief hold (so no I/O can be in flight on an extent that
+    /// is being switched away). `None` if the chunk is unallocated.
+    fn pin(&self, chunk: u32) -> Option<Mapping> {
         let w = &self.words[chunk as usize];
         let mut cur = w.load(Ordering::Acquire);
         loop {
@@ -135,24 +135,17 @@ impl ChunkMap {
         }
     }
 
-    /// Pins a chunk for a write, waiting out a migration's brief hold.
+    /// Pins an allocated chunk for a read; `None` if unallocated (the read
+    /// returns zeros and needs no pin).
+    pub fn pin_read(&self, chunk: u32) -> Option<Mapping> {
+        self.pin(chunk)
+    }
+
+    /// Pins a chunk for a write.
     pub fn pin_write(&self, chunk: u32) -> WritePin {
-        let w = &self.words[chunk as usize];
-        let mut cur = w.load(Ordering::Acquire);
-        loop {
-            if cur & HOLD != 0 {
-                std::hint::spin_loop();
-                std::thread::yield_now();
-                cur = w.load(Ordering::Acquire);
-                continue;
-            }
-            if cur & ALLOCATED == 0 {
-                return WritePin::Unallocated;
-            }
-            match w.compare_exchange_weak(cur, cur + 1, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return WritePin::Mapped(decode(cur)),
-                Err(now) => cur = now,
-            }
+        match self.pin(chunk) {
+            Some(m) => WritePin::Mapped(m),
+            None => WritePin::Unallocated,
         }
     }
 
