@@ -222,7 +222,7 @@ mod tests {
         for _ in 0..6 {
             // Chunk 7 is read over and over; the rest stay idle.
             for _ in 0..50 {
-                v.record_access(false, 7 * CHUNK, 4096);
+                v.record_access(false, 7 * CHUNK, 4096, false);
             }
             let r = brain.run_epoch();
             assert_eq!(r.failed, 0);
@@ -262,7 +262,7 @@ mod tests {
         );
         for _ in 0..3 {
             for _ in 0..50 {
-                v.record_access(false, 0, 4096);
+                v.record_access(false, 0, 4096, false);
             }
             let r = brain.run_epoch();
             assert_eq!(r.planned, 0);

@@ -100,6 +100,8 @@ pub struct Worker {
     inflight: Arc<AtomicUsize>,
     bufs: RequestBufs,
     zero_segs: Vec<ZeroSegment>,
+    /// End of this queue's previous read or write (sequentiality signal).
+    last_end: u64,
 }
 
 #[cfg(test)]
@@ -128,6 +130,7 @@ impl Worker {
             inflight: Arc::new(AtomicUsize::new(0)),
             bufs: RequestBufs::with_capacity(n),
             zero_segs: Vec::with_capacity(request::MAX_DISCARD_SEG as usize),
+            last_end: u64::MAX,
         })
     }
 
@@ -173,10 +176,7 @@ impl Worker {
     fn pop_all(&mut self, vring: &VringRwLock, mem: &Arc<GuestMemory>) -> bool {
         let mut used = false;
         loop {
-            let chain = vring
-                .get_mut()
-                .get_queue_mut()
-                .pop_descriptor_chain(mem.clone());
+            let chain = vring.get_mut().get_queue_mut().pop_descriptor_chain(&**mem);
             let Some(chain) = chain else {
                 return used;
             };
@@ -202,7 +202,9 @@ impl Worker {
     ) -> bool {
         let ok = VIRTIO_BLK_S_OK as u8;
         let err = VIRTIO_BLK_S_IOERR as u8;
-        let volume = self.shared.volume.clone();
+        // Borrowed, not cloned: an Arc clone per request would bounce its
+        // reference count between the queue threads.
+        let volume = &self.shared.volume;
         match req.kind {
             Kind::Read | Kind::Write | Kind::Flush => {}
             Kind::GetId => {
@@ -279,7 +281,14 @@ impl Worker {
             self.free.push(idx);
             return complete_now(vring, mem, head, Some(req.status), err, 0);
         }
-        volume.record_access(req.kind == Kind::Write, req.offset, req.data_len);
+        let sequential = req.offset == self.last_end;
+        self.last_end = req.offset + req.data_len;
+        volume.record_access(
+            req.kind == Kind::Write,
+            req.offset,
+            req.data_len,
+            sequential,
+        );
         let mapped = if req.kind == Kind::Read {
             volume.map_read(req.offset, req.data_len, &mut slot.segs)
         } else {

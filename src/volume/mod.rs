@@ -444,11 +444,21 @@ impl Volume {
     }
 
     /// Counts a guest read or write for the profiler: a few relaxed atomic
-    /// adds, no lock, no allocation.
+    /// adds on the chunks it touches, no lock, no allocation. `sequential`
+    /// says the request continues the previous one of the same queue (each
+    /// queue tracks that itself, so queues share no counter).
     #[inline]
-    pub fn record_access(&self, write: bool, offset: u64, len: u64) {
-        self.counters
-            .record_request(write, offset, len, self.chunk_size());
+    pub fn record_access(&self, write: bool, offset: u64, len: u64, sequential: bool) {
+        for (chunk, _, n) in self.pieces(offset, len) {
+            if write {
+                self.counters.record_write(chunk as u64, n);
+            } else {
+                self.counters.record_read(chunk as u64, n);
+            }
+        }
+        if sequential && len > 0 {
+            self.counters.record_sequential(offset >> self.chunk_shift);
+        }
     }
 
     pub fn dirty_tracker(&self) -> &dirty::DirtyTracker {
