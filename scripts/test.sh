@@ -27,3 +27,6 @@ python3 qemu-tests/run.py
 
 step "trace replay vs libCacheSim on the shared traces (tierblk LRU must match libCacheSim LRU)"
 sh benches/baselines.sh
+
+step "benchmark harness smoke (a few seconds; full runs: benches/README.md)"
+python3 benches/compare.py --smoke
