@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on Debian 12 (root). Idempotent.
-#   - QEMU, fio, busybox, cpio, kmod: the real-guest tests (qemu-tests/)
+#   - QEMU, fio, busybox, cpio, kmod: the real-guest tests (qemu-tests/) and
+#     the benchmark peers (qemu-storage-daemon, fio); qemu-utils keeps qemu-img
+#     (installing Debian 12's QEMU replaces a backported qemu-utils)
 #   - libvirt daemon, QEMU driver and virsh: the libvirt domain test
 #   - python3-pip: the libCacheSim baseline check (benches/)
 set -euo pipefail
-pkgs=(qemu-system-x86 fio busybox-static cpio kmod xz-utils
+pkgs=(qemu-system-x86 qemu-utils fio busybox-static cpio kmod xz-utils
       libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
       )
 need=()
