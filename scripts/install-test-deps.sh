@@ -4,11 +4,9 @@
 #     the benchmark peers (qemu-storage-daemon, fio); qemu-utils keeps qemu-img
 #     (installing Debian 12's QEMU replaces a backported qemu-utils)
 #   - libvirt daemon, QEMU driver and virsh: the libvirt domain test
-#   - python3-pip: the libCacheSim baseline check (benches/)
 set -euo pipefail
 pkgs=(qemu-system-x86 qemu-utils fio busybox-static cpio kmod xz-utils
-      libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
-      )
+      libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients)
 need=()
 for pkg in "${pkgs[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
