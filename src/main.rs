@@ -133,6 +133,10 @@ struct TrainArgs {
     batch_size: usize,
     #[arg(long, default_value_t = 3e-3)]
     learning_rate: f64,
+    /// Epochs ahead the training target counts accesses over (discounted
+    /// by half per epoch); 1 = the next epoch only.
+    #[arg(long, default_value_t = 1)]
+    horizon: usize,
 }
 
 const SHARED_TRACES: &[&str] = &[
@@ -230,6 +234,7 @@ fn run(cli: Cli) -> tierblk::Result<()> {
                 batch_size: a.batch_size,
                 learning_rate: a.learning_rate,
                 max_examples: a.max_examples,
+                horizon: a.horizon,
             };
             let model = train::train(&cfg)?;
             model.save(&a.out)?;
