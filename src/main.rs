@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 use tierblk::{
     config::{ByteSize, Config, TieringPolicy},
     daemon,
+    place::FastTierConfig,
     predict::learned::{train, Arch},
     replay::{self, PolicyKind, ReplayConfig},
 };
@@ -81,6 +82,20 @@ struct ReplayArgs {
     /// Migration budget per epoch, as a share of the fast tier's capacity.
     #[arg(long, default_value_t = 0.5)]
     budget_fraction: f64,
+    /// Share of the fast tier kept as the protected recency segment.
+    #[arg(long, default_value_t = FastTierConfig::default().protected_share)]
+    protected_share: f64,
+    /// A missing chunk is promoted unless its score is below the victim's
+    /// by more than this (1 = always, like LRU).
+    #[arg(long, default_value_t = FastTierConfig::default().admit_slack)]
+    admit_slack: f32,
+    /// Lowest score a chunk needs to be prefetched at an epoch boundary
+    /// (above 1: no prefetch).
+    #[arg(long, default_value_t = FastTierConfig::default().prefetch_min)]
+    prefetch_min: f32,
+    /// Score gain a prefetch needs over the chunk it displaces.
+    #[arg(long, default_value_t = FastTierConfig::default().prefetch_margin)]
+    prefetch_margin: f32,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -118,6 +133,10 @@ struct TrainArgs {
     batch_size: usize,
     #[arg(long, default_value_t = 3e-3)]
     learning_rate: f64,
+    /// Epochs ahead the training target counts accesses over (discounted
+    /// by half per epoch); 1 = the next epoch only.
+    #[arg(long, default_value_t = 1)]
+    horizon: usize,
 }
 
 const SHARED_TRACES: &[&str] = &[
@@ -170,6 +189,13 @@ fn run(cli: Cli) -> tierblk::Result<()> {
                 max_requests: a.max_requests,
                 tiering_policy: a.policy,
                 budget_fraction: a.budget_fraction,
+                fast_tier: FastTierConfig {
+                    protected_share: a.protected_share,
+                    admit_slack: a.admit_slack,
+                    prefetch_min: a.prefetch_min,
+                    prefetch_margin: a.prefetch_margin,
+                    ..FastTierConfig::default()
+                },
                 policies,
                 ..ReplayConfig::default()
             };
@@ -208,6 +234,7 @@ fn run(cli: Cli) -> tierblk::Result<()> {
                 batch_size: a.batch_size,
                 learning_rate: a.learning_rate,
                 max_examples: a.max_examples,
+                horizon: a.horizon,
             };
             let model = train::train(&cfg)?;
             model.save(&a.out)?;

@@ -6,8 +6,10 @@
 //! per-epoch promotion/demotion plan over a whole heat map that respects
 //! every tier's capacity and a migration budget.
 
+mod fast_tier;
 mod plan;
 
+pub use fast_tier::{FastTier, FastTierConfig, MissAction};
 pub use plan::{plan, Move, Plan, PlanInput};
 
 use crate::config::{TierDefinition, TieringPolicy};

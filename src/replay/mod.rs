@@ -25,6 +25,7 @@ pub use report::{Report, RunReport};
 
 use crate::{
     config::{Config, TierDefinition, TieringPolicy},
+    place::FastTierConfig,
     trace::{self, ChunkSpace, Request},
 };
 
@@ -66,6 +67,8 @@ pub struct ReplayConfig {
     pub budget_fraction: f64,
     /// Score a promotion must beat the displaced chunk by.
     pub margin: f32,
+    /// How tierblk's runs manage the fastest tier.
+    pub fast_tier: FastTierConfig,
     pub policies: Vec<PolicyKind>,
 }
 
@@ -80,6 +83,7 @@ impl Default for ReplayConfig {
             tiering_policy: TieringPolicy::PerformanceOptimized,
             budget_fraction: 0.5,
             margin: 0.05,
+            fast_tier: FastTierConfig::default(),
             policies: vec![
                 PolicyKind::Predictive("learned".into()),
                 PolicyKind::Predictive("ewma".into()),

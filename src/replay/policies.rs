@@ -1,21 +1,16 @@
 //! The policies replay compares, all driven through one simulator so that
 //! accesses, hits, migrations, latency and cost are counted the same way.
 
-use std::{
-    cmp::Reverse,
-    collections::{BTreeSet, BinaryHeap},
-    str::FromStr,
-    time::Instant,
-};
+use std::{collections::BTreeSet, str::FromStr, time::Instant};
 
 use super::{
     latency::{mean_p99, LatencyModel},
     Error, ReplayConfig, Result, RunReport,
 };
 use crate::{
-    config::{TierDefinition, TieringPolicy},
+    config::TierDefinition,
     cost,
-    place::{self, PlanInput},
+    place::{FastTier, MissAction},
     predict::{self, HeatMap, Predictor},
     profile::{ChunkCounters, History},
     trace::Access,
@@ -355,116 +350,64 @@ impl Policy for Oracle {
 }
 
 /// tierblk's own pipeline: counters → history → predictor → heat map →
-/// per-epoch plan (promotions incl. prefetch, demotions, within the
-/// migration budget), plus promotion on a miss between epochs.
-///
-/// Between epochs tier 0 is managed by priority: a chunk's priority is its
-/// predicted score, raised to the predictor's first-touch score when it is
-/// accessed; the resident with the lowest priority (least recently used
-/// among equals) is displaced, and a missing chunk is promoted only when
-/// `place::admit_on_miss` accepts it against that victim. With a predictor
-/// that scores every chunk alike this is exactly LRU; the model earns its
-/// keep by ranking chunks differently.
+/// the fastest tier managed by [`place::FastTier`] (recency-protected LRU
+/// whose victims are chosen by predicted score), with promotion on a miss
+/// between epochs and the epoch's prefetch plan.
 struct Predictive {
     predictor: Box<dyn Predictor>,
     counters: ChunkCounters,
     history: History,
     heat: HeatMap,
-    priority: Vec<f32>,
-    last_use: Vec<u32>,
-    touch_score: f32,
-    /// Tier-0 residents keyed (priority, last use), lowest first; lazy:
-    /// stale entries are skipped.
-    victims: BinaryHeap<Reverse<(u32, u32, u32)>>,
-    policy: TieringPolicy,
-    margin: f32,
+    fast: FastTier,
     budget: usize,
     predict_secs: f64,
 }
 
 impl Predictive {
-    fn key(&self, c: u32) -> (u32, u32, u32) {
-        (
-            self.priority[c as usize].to_bits(),
-            self.last_use[c as usize],
-            c,
-        )
-    }
-
-    fn coldest_resident(&mut self, sim: &Sim<'_>) -> Option<(u32, f32)> {
-        while let Some(&Reverse(k)) = self.victims.peek() {
-            let c = k.2;
-            if sim.tier_of[c as usize] == 0 && self.key(c) == k {
-                return Some((c, f32::from_bits(k.0)));
-            }
-            self.victims.pop();
-        }
-        None
-    }
-
-    fn rebuild_victims(&mut self, sim: &Sim<'_>) {
-        self.victims.clear();
-        for (c, &t) in sim.tier_of.iter().enumerate() {
-            if t == 0 {
-                self.victims.push(Reverse(self.key(c as u32)));
-            }
-        }
+    /// Slower tier a chunk leaving tier 0 goes to: the fastest with room.
+    fn demote_target(sim: &Sim<'_>) -> usize {
+        (1..sim.ctx.capacity.len())
+            .find(|&t| sim.has_room(t))
+            .unwrap_or(sim.slowest())
     }
 }
 
 impl Policy for Predictive {
-    fn access(&mut self, sim: &mut Sim<'_>, i: usize, a: &Access) {
+    fn access(&mut self, sim: &mut Sim<'_>, _i: usize, a: &Access) {
         a.record(&self.counters);
         sim.serve(a);
         let c = a.chunk;
-        let ci = c as usize;
-        self.last_use[ci] = i as u32;
-        self.priority[ci] = self.priority[ci].max(self.touch_score);
-        if sim.tier_of[ci] == 0 {
-            self.victims.push(Reverse(self.key(c)));
+        if sim.tier_of[c as usize] == 0 {
+            self.fast.touch(c);
             return;
         }
-        let victim = if sim.has_room(0) {
-            None
-        } else {
-            self.coldest_resident(sim)
-        };
-        if !place::admit_on_miss(self.policy, self.priority[ci], victim.map(|v| v.1)) {
-            return;
+        let heat = &self.heat;
+        match self.fast.on_miss(c, |x| heat.score(x as usize)) {
+            MissAction::Skip => {}
+            MissAction::Promote { evict } => {
+                if let Some(v) = evict {
+                    let to = Self::demote_target(sim);
+                    sim.move_chunk(v, to);
+                }
+                sim.move_chunk(c, 0);
+            }
         }
-        if let Some((v, _)) = victim {
-            let Some(to) = (1..sim.ctx.capacity.len()).find(|&t| sim.has_room(t)) else {
-                return;
-            };
-            self.victims.pop();
-            sim.move_chunk(v, to);
-        }
-        sim.move_chunk(c, 0);
-        self.victims.push(Reverse(self.key(c)));
     }
 
     fn epoch(&mut self, sim: &mut Sim<'_>) {
         self.history.fold(&self.counters);
         let t = Instant::now();
         self.predictor.predict(&self.history, &mut self.heat);
-        self.touch_score = self.predictor.first_touch_score();
         self.predict_secs += t.elapsed().as_secs_f64();
-        self.priority.copy_from_slice(self.heat.scores());
-        let plan = place::plan(PlanInput {
-            policy: self.policy,
-            heat: &self.heat,
-            current: &sim.tier_of,
-            capacity: sim.ctx.capacity,
-            budget: self.budget,
-            margin: self.margin,
-        });
+        let plan = self
+            .fast
+            .plan_epoch(&self.heat, &sim.tier_of, sim.ctx.capacity, self.budget);
         for m in &plan.moves {
             if m.to < m.from && self.history.count(m.chunk as usize, 0) == 0 {
                 sim.prefetches += 1;
             }
             sim.move_chunk(m.chunk, m.to as usize);
         }
-        self.rebuild_victims(sim);
     }
 }
 
@@ -496,19 +439,12 @@ pub(super) fn run(ctx: &Context<'_>, kind: &PolicyKind) -> Result<RunReport> {
             let predictor = predict::load(model)?;
             let budget =
                 ((ctx.capacity[0] as f64 * ctx.cfg.budget_fraction).ceil() as usize).max(2);
-            let mut predictor = predictor;
-            let touch_score = predictor.first_touch_score();
             let mut p = Predictive {
                 predictor,
                 counters: ChunkCounters::new(ctx.footprint),
                 history: History::new(ctx.footprint),
                 heat: HeatMap::from_scores(vec![0.0; ctx.footprint]),
-                priority: vec![0.0; ctx.footprint],
-                last_use: vec![0; ctx.footprint],
-                touch_score,
-                victims: BinaryHeap::new(),
-                policy: ctx.cfg.tiering_policy,
-                margin: ctx.cfg.margin,
+                fast: FastTier::new(ctx.footprint, ctx.capacity[0] as usize, ctx.cfg.fast_tier),
                 budget,
                 predict_secs: 0.0,
             };

@@ -38,6 +38,14 @@ pub struct ModelHeader {
     pub examples: usize,
     pub train_loss: f32,
     pub valid_loss: f32,
+    /// Epochs ahead the training target looked (1: the next epoch only;
+    /// older files lack the field).
+    #[serde(default = "one_epoch")]
+    pub horizon: usize,
+}
+
+fn one_epoch() -> usize {
+    1
 }
 
 pub fn save(path: &Path, header: &ModelHeader, net: &Net) -> Result<()> {
@@ -148,6 +156,7 @@ mod tests {
             examples: 0,
             train_loss: 0.0,
             valid_loss: 0.0,
+            horizon: 1,
         }
     }
 

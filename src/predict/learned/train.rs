@@ -1,7 +1,11 @@
 //! Training: replays traces through the profiler, labels each epoch's
-//! candidate chunks with their accesses in the next epoch, and fits the
-//! network with Adam on a binary cross-entropy against soft targets
-//! `1 - 2^-accesses` (one access → 0.5, two → 0.75, …).
+//! candidate chunks with their accesses in the next `horizon` epochs, and
+//! fits the network with Adam on a binary cross-entropy against soft
+//! targets `1 - 2^-x`, where `x` is the accesses of the following epochs
+//! discounted by [`HORIZON_DISCOUNT`] per epoch (with horizon 1: one
+//! access → 0.5, two → 0.75, …). A horizon beyond one epoch aligns the
+//! score with cache value: a chunk reused two epochs from now is worth
+//! keeping on the fast tier, one never reused is not.
 //!
 //! Reproducible: the weights' initialisation, the example sampling and the
 //! batch order all derive from one seed, and the CPU backend runs on one
@@ -49,6 +53,8 @@ pub struct TrainConfig {
     pub learning_rate: f64,
     /// Examples kept per (trace, chunk size), sampled uniformly.
     pub max_examples: usize,
+    /// Epochs ahead the target counts accesses over.
+    pub horizon: usize,
 }
 
 impl Default for TrainConfig {
@@ -66,6 +72,7 @@ impl Default for TrainConfig {
             batch_size: 512,
             learning_rate: 3e-3,
             max_examples: 100_000,
+            horizon: 1,
         }
     }
 }
@@ -123,23 +130,44 @@ impl Rng {
     }
 }
 
+/// Weight of accesses one epoch further ahead in the training target.
+pub const HORIZON_DISCOUNT: f32 = 0.5;
+
 /// Soft target for `accesses` in the next epoch.
 pub fn soft_target(accesses: u16) -> f32 {
-    1.0 - 0.5f32.powi(accesses.min(30) as i32)
+    soft_target_of(accesses as f32)
+}
+
+/// Soft target for a (discounted) access count.
+pub fn soft_target_of(x: f32) -> f32 {
+    1.0 - 0.5f32.powf(x.clamp(0.0, 30.0))
+}
+
+/// Rows of one epoch waiting for their label.
+struct PendingEpoch {
+    chunks: Vec<u32>,
+    rows: Examples,
+    /// Discounted accesses seen so far per row.
+    acc: Vec<f32>,
+    /// Epochs of the horizon already counted.
+    seen: usize,
 }
 
 /// Labelled examples from one request list at one chunk size: every
 /// epoch's candidates, plus as many idle chunks (sampled) as there are
-/// candidates, labelled by the next epoch.
+/// candidates, labelled by the accesses of the next `horizon` epochs
+/// (rows whose horizon runs past the end of the trace are dropped).
 pub fn examples_from(
     requests: &[Request],
     chunk_size: u64,
     epoch_requests: u64,
+    horizon: usize,
     rng: &mut Rng,
 ) -> Examples {
     let space = ChunkSpace::build(requests, chunk_size);
     let accesses = space.accesses(requests);
     let n = space.len();
+    let horizon = horizon.max(1);
     let mut ex = Examples::default();
     if n == 0 {
         return ex;
@@ -147,38 +175,53 @@ pub fn examples_from(
     let counters = ChunkCounters::new(n);
     let mut history = History::new(n);
     let mut cand = Candidates::default();
-    let mut pending: Vec<u32> = Vec::new();
-    let mut pending_ex = Examples::default();
+    let mut pending: std::collections::VecDeque<PendingEpoch> = Default::default();
     let mut stat = [0f32; N_FEATURES];
     let mut req_in_epoch = 0u64;
     let mut close_epoch =
         |counters: &ChunkCounters, history: &mut History, ex: &mut Examples, rng: &mut Rng| {
             history.fold(counters);
-            // Label last epoch's rows with this epoch's accesses.
-            for (r, &c) in pending.iter().enumerate() {
-                pending_ex.target[r] = soft_target(history.count(c as usize, 0));
-                ex.push_from(&pending_ex, r);
+            // Add this epoch's accesses to the rows still inside their horizon.
+            for p in pending.iter_mut() {
+                let w = HORIZON_DISCOUNT.powi(p.seen as i32);
+                for (r, &c) in p.chunks.iter().enumerate() {
+                    p.acc[r] += w * history.count(c as usize, 0) as f32;
+                }
+                p.seen += 1;
             }
-            pending.clear();
-            pending_ex = Examples::default();
+            while pending.front().is_some_and(|p| p.seen == horizon) {
+                let mut p = pending.pop_front().expect("front exists");
+                for (r, &a) in p.acc.iter().enumerate() {
+                    p.rows.target[r] = soft_target_of(a);
+                    ex.push_from(&p.rows, r);
+                }
+            }
             cand.collect(history);
-            pending.extend_from_slice(&cand.chunks);
+            let mut chunks = cand.chunks.clone();
             let n_idle = cand.chunks.len().min(n - cand.chunks.len());
             for _ in 0..n_idle {
                 let c = rng.below(n);
                 if !cand.contains(c) {
-                    pending.push(c as u32);
+                    chunks.push(c as u32);
                 }
             }
-            for &c in &pending {
+            let mut rows = Examples::default();
+            for &c in &chunks {
                 let mut row = [0f32; N_FEATURES];
                 let mut seq = [0f32; SEQ_W];
                 chunk_features(history, Some(c as usize), &mut row);
                 sequence_features(history, Some(c as usize), &mut seq, &mut stat);
-                pending_ex.flat.extend_from_slice(&row);
-                pending_ex.seq.extend_from_slice(&seq);
-                pending_ex.target.push(0.0);
+                rows.flat.extend_from_slice(&row);
+                rows.seq.extend_from_slice(&seq);
+                rows.target.push(0.0);
             }
+            let acc = vec![0.0; chunks.len()];
+            pending.push_back(PendingEpoch {
+                chunks,
+                rows,
+                acc,
+                seen: 0,
+            });
         };
     for a in &accesses {
         if a.first {
@@ -238,7 +281,7 @@ pub fn build_examples(cfg: &TrainConfig) -> Result<Examples> {
     for t in &cfg.traces {
         let reqs = training_slice(t, cfg.train_fraction, cfg.max_requests)?;
         for &cs in &cfg.chunk_sizes {
-            let ex = examples_from(&reqs, cs, cfg.epoch_requests, &mut rng);
+            let ex = examples_from(&reqs, cs, cfg.epoch_requests, cfg.horizon, &mut rng);
             let ex = subsample(ex, cfg.max_examples, &mut rng);
             log::info!("{}: chunk {cs}: {} examples", t.display(), ex.len());
             for i in 0..ex.len() {
@@ -366,6 +409,7 @@ pub fn train_on(ex: &Examples, cfg: &TrainConfig) -> Result<LearnedPredictor> {
         examples: ex.len(),
         train_loss: last_loss,
         valid_loss,
+        horizon: cfg.horizon.max(1),
     };
     Ok(LearnedPredictor::new(header, net))
 }
@@ -417,6 +461,35 @@ mod tests {
         assert_eq!(fingerprint(&a), fingerprint(&b));
         let c = train(&TrainConfig { seed: 7, ..cfg }).unwrap();
         assert_ne!(fingerprint(&a), fingerprint(&c));
+    }
+
+    #[test]
+    fn horizon_labels_count_accesses_several_epochs_ahead() {
+        use crate::trace::Op;
+        // Epochs of one request each (chunk size 4096): chunk 0, then
+        // chunks 9, 9, then chunk 0 again, then 9.
+        let req = |chunk: u64| Request {
+            ts_s: 0.0,
+            dev: 0,
+            op: Op::Read,
+            offset: chunk * 4096,
+            len: 4096,
+        };
+        let reqs: Vec<Request> = [0, 9, 9, 0, 9].iter().map(|&c| req(c)).collect();
+        // Row features of chunk 0 after epoch 1: one access, newest epoch.
+        let target_of_chunk0_after_first_epoch = |horizon| {
+            let ex = examples_from(&reqs, 4096, 1, horizon, &mut Rng::new(1));
+            (0..ex.len())
+                .find(|&i| {
+                    ex.flat[i * N_FEATURES] > 0.0
+                        && ex.flat[i * N_FEATURES + 1] == 0.0
+                        && ex.flat[i * N_FEATURES + HISTORY_EPOCHS + 6] < 0.1
+                })
+                .map(|i| ex.target[i])
+        };
+        assert_eq!(target_of_chunk0_after_first_epoch(1), Some(0.0));
+        let t3 = target_of_chunk0_after_first_epoch(3).unwrap();
+        assert!((t3 - soft_target_of(0.25)).abs() < 1e-6, "{t3}");
     }
 
     #[test]
