@@ -14,7 +14,7 @@ use log::{debug, warn};
 
 use crate::{
     migrate::{self, Outcome, RateLimiter},
-    place::{self, PlanInput},
+    place::{self, FastTier, FastTierConfig, Move, PlanInput},
     predict::{HeatMap, Predictor},
     profile::History,
     volume::Volume,
@@ -43,6 +43,8 @@ pub struct Brain {
     heat: HeatMap,
     limiter: RateLimiter,
     budget: usize,
+    /// Recency and residency of this volume's chunks on the fastest tier.
+    fast: FastTier,
 }
 
 impl Brain {
@@ -62,7 +64,13 @@ impl Brain {
             ((bytes / volume.chunk_size() as f64) as usize).clamp(1, MAX_MOVES_PER_EPOCH)
         };
         let heat = HeatMap::from_scores((0..n as u32).map(|c| volume.score(c)).collect());
+        let fastest = volume.tiers().ids()[0];
+        let fast_chunks = volume
+            .tiers()
+            .get(fastest)
+            .map_or(0, |t| (t.usage().1 / volume.chunk_size()) as usize);
         Self {
+            fast: FastTier::new(n, fast_chunks, FastTierConfig::default()),
             history: History::new(n),
             predictor,
             heat,
@@ -74,7 +82,9 @@ impl Brain {
 
     /// Runs one epoch now.
     pub fn run_epoch(&mut self) -> EpochReport {
-        let v = &self.volume;
+        // An owned handle: `self` is borrowed mutably for planning below.
+        let volume = Arc::clone(&self.volume);
+        let v = &*volume;
         self.history.fold(v.counters());
         self.predictor.predict(&self.history, &mut self.heat);
         for (c, &s) in self.heat.scores().iter().enumerate() {
@@ -116,21 +126,20 @@ impl Brain {
                 mine + (total - used) / cs
             })
             .collect();
-        let plan = place::plan(PlanInput {
-            policy: v.policy(),
-            heat: &self.heat,
-            current: &current,
-            capacity: &capacity,
-            budget: self.budget,
-            margin: PLAN_MARGIN,
-        });
-        report.planned = plan.moves.len();
-        for m in &plan.moves {
+        let moves = self.plan(&current, &capacity);
+        report.planned = moves.len();
+        for m in &moves {
             let to = ids[m.to as usize];
             match migrate::migrate_chunk(v, m.chunk, to, &mut self.limiter) {
                 Ok(Outcome::Moved { .. }) if m.to < m.from => report.promoted += 1,
                 Ok(Outcome::Moved { .. }) => report.demoted += 1,
                 Ok(Outcome::Skipped(why)) => {
+                    // Keep the fast tier's view true to where the chunk is.
+                    if m.to == 0 {
+                        self.fast.remove(m.chunk);
+                    } else if m.from == 0 {
+                        self.fast.insert(m.chunk);
+                    }
                     debug!(
                         "volume '{}': chunk {} not moved: {why:?}",
                         v.name(),
@@ -145,6 +154,65 @@ impl Brain {
             }
         }
         report
+    }
+
+    /// The epoch's moves, tiers as fastest-first indexes. The fastest tier
+    /// is managed by `place::FastTier` (recency-protected, evicting the
+    /// chunks predicted coldest among the least recently used, prefetching
+    /// predicted-hot ones); the slower tiers by `place::plan`'s score
+    /// thresholds over the chunks that are not on the fastest tier.
+    fn plan(&mut self, current: &[u8], capacity: &[u64]) -> Vec<Move> {
+        // Bring the fast tier's view in line with the chunk map, then
+        // record this epoch's accesses to its residents.
+        for (c, &t) in current.iter().enumerate() {
+            let c = c as u32;
+            match (t == 0, self.fast.contains(c)) {
+                (true, false) => {
+                    self.fast.insert(c);
+                }
+                (false, true) => self.fast.remove(c),
+                _ => {}
+            }
+        }
+        for &c in self.history.active() {
+            if self.history.count(c as usize, 0) > 0 {
+                self.fast.touch(c);
+            }
+        }
+        let mut moves = self
+            .fast
+            .plan_epoch(&self.heat, current, capacity, self.budget)
+            .moves;
+        let left = self.budget.saturating_sub(moves.len());
+        if left == 0 || capacity.len() < 3 {
+            return moves;
+        }
+        // The slower tiers: chunks not on the fastest tier (after the moves
+        // above), as a placement problem over tiers 1.. .
+        let mut now = current.to_vec();
+        for m in &moves {
+            now[m.chunk as usize] = m.to;
+        }
+        let ids: Vec<u32> = (0..now.len() as u32)
+            .filter(|&c| now[c as usize] != 0)
+            .collect();
+        let sub_heat =
+            HeatMap::from_scores(ids.iter().map(|&c| self.heat.score(c as usize)).collect());
+        let sub_current: Vec<u8> = ids.iter().map(|&c| now[c as usize] - 1).collect();
+        let sub = place::plan(PlanInput {
+            policy: self.volume.policy(),
+            heat: &sub_heat,
+            current: &sub_current,
+            capacity: &capacity[1..],
+            budget: left,
+            margin: PLAN_MARGIN,
+        });
+        moves.extend(sub.moves.into_iter().map(|m| Move {
+            chunk: ids[m.chunk as usize],
+            from: m.from + 1,
+            to: m.to + 1,
+        }));
+        moves
     }
 }
 
