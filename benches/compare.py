@@ -125,10 +125,10 @@ class Target:
             self.proc.wait()
 
 
-def loadgen(env, sock, pid, job, secs):
+def loadgen(env, sock, pid, job, secs, once=False):
     cmd = [str(env.loadgen), "--socket", str(sock), "--op", job["op"], "--bs", str(job["bs"]),
            "--qd", str(job["qd"]), "--queues", str(job["queues"]), "--secs", str(secs),
-           "--pid", str(pid), "--json"]
+           "--pid", str(pid), "--json"] + (["--once"] if once else [])
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"loadgen failed: {out.stderr.strip()}")
@@ -215,8 +215,9 @@ def main():
                     cmd, sock = cmds[name]
                     with Target(cmd, sock, env.work / f"{name}.log") as t:
                         fill = dict(op="write", bs=MIB, qd=8, queues=1)
-                        secs = max(1.0, env.size / (600 * MIB))
-                        loadgen(env, sock, t.proc.pid, fill, secs)
+                        r = loadgen(env, sock, t.proc.pid, fill, 0, once=True)
+                        if r["iops"] <= 0:
+                            raise RuntimeError(f"prefill of {name} wrote nothing")
                     log(f"{mode}: prefilled {name}")
             for job in jobs:
                 for rnd in range(args.rounds):

@@ -6,7 +6,9 @@
 //!
 //! Usage: loadgen --socket PATH [--op randread|randwrite|read|write|mixed]
 //!        [--bs BYTES] [--qd N] [--queues N] [--secs S] [--size BYTES]
-//!        [--pid BACKEND_PID] [--json]
+//!        [--pid BACKEND_PID] [--json] [--once]
+//! `--once` (read/write only): each queue covers its share of the device
+//! exactly once and stops, e.g. to prefill a volume.
 
 use std::{
     mem::MaybeUninit,
@@ -42,13 +44,15 @@ struct Args {
     size: Option<u64>,
     pid: Option<u32>,
     json: bool,
+    /// Sequential ops only: cover the device exactly once, then stop.
+    once: bool,
 }
 
 fn usage(msg: &str) -> ! {
     eprintln!("loadgen: {msg}");
     eprintln!(
         "usage: loadgen --socket PATH [--op randread|randwrite|read|write|mixed] [--bs BYTES] \
-         [--qd N] [--queues N] [--secs S] [--size BYTES] [--pid BACKEND_PID] [--json]"
+         [--qd N] [--queues N] [--secs S] [--size BYTES] [--pid BACKEND_PID] [--json] [--once]"
     );
     std::process::exit(2)
 }
@@ -64,6 +68,7 @@ fn parse_args() -> Args {
         size: None,
         pid: None,
         json: false,
+        once: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -98,6 +103,7 @@ fn parse_args() -> Args {
             "--size" => a.size = Some(num(v())),
             "--pid" => a.pid = Some(num(v()) as u32),
             "--json" => a.json = true,
+            "--once" => a.once = true,
             // `cargo bench` passes --bench to harness-less benches.
             "--bench" => {}
             _ => usage(&format!("unknown argument '{k}'")),
@@ -151,18 +157,33 @@ fn run_queue(
     let blocks = (size / bs).max(1);
     let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ ((q_index as u64 + 1) << 32);
     // Sequential streams: each queue walks its own share of the disk.
-    let mut seq = (blocks / a.queues as u64) * q_index as u64;
+    let share = blocks / a.queues as u64;
+    let first = share * q_index as u64;
+    let last = if q_index + 1 == a.queues {
+        blocks
+    } else {
+        first + share
+    };
+    let mut seq = first;
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("histogram");
     let mut started = vec![Instant::now(); a.qd];
     let (mut ios, mut bytes, mut errors) = (0u64, 0u64, 0u64);
-    let mut submit = |q: &mut Blkioq, slot: usize, started: &mut [Instant]| {
+    // Returns false when there is nothing more to submit (--once).
+    let mut submit = |q: &mut Blkioq, slot: usize, started: &mut [Instant]| -> bool {
         let (write, off) = match a.op {
             Op::RandRead => (false, xorshift(&mut rng) % blocks),
             Op::RandWrite => (true, xorshift(&mut rng) % blocks),
             Op::Mixed => (xorshift(&mut rng) % 10 < 3, xorshift(&mut rng) % blocks),
             Op::Read | Op::Write => {
-                seq = (seq + 1) % blocks;
-                (a.op == Op::Write, seq)
+                if a.once && seq >= last {
+                    return false;
+                }
+                let off = seq;
+                seq += 1;
+                if seq >= last && !a.once {
+                    seq = first;
+                }
+                (a.op == Op::Write, off)
             }
         };
         let p = buf + slot * a.bs;
@@ -172,11 +193,14 @@ fn run_queue(
         } else {
             q.read(off * bs, p as *mut u8, a.bs, slot, ReqFlags::empty());
         }
+        true
     };
+    let mut inflight = 0;
     for slot in 0..a.qd {
-        submit(&mut q, slot, &mut started);
+        if submit(&mut q, slot, &mut started) {
+            inflight += 1;
+        }
     }
-    let mut inflight = a.qd;
     let mut comps: Vec<MaybeUninit<Completion>> =
         (0..a.qd).map(|_| MaybeUninit::uninit()).collect();
     while inflight > 0 {
@@ -202,10 +226,8 @@ fn run_queue(
                 let ns = now.duration_since(started[slot]).as_nanos() as u64;
                 let _ = hist.record(ns.max(1));
             }
-            if stopping {
+            if stopping || !submit(&mut q, slot, &mut started) {
                 inflight -= 1;
-            } else {
-                submit(&mut q, slot, &mut started);
             }
         }
     }
@@ -266,8 +288,12 @@ fn main() -> ExitCode {
             std::thread::spawn(move || run_queue(q, i, buf, &a, size, &stop))
         })
         .collect();
-    std::thread::sleep(Duration::from_secs_f64(a.secs));
-    stop.store(true, Ordering::Relaxed);
+    if a.once {
+        // The queues stop by themselves after one pass.
+    } else {
+        std::thread::sleep(Duration::from_secs_f64(a.secs));
+        stop.store(true, Ordering::Relaxed);
+    }
     let results: Vec<QueueResult> = handles
         .into_iter()
         .map(|h| h.join().expect("queue thread"))
@@ -332,6 +358,13 @@ fn main() -> ExitCode {
     }
     if errors > 0 {
         eprintln!("loadgen: {errors} requests failed");
+        return ExitCode::FAILURE;
+    }
+    if a.once && ios != size / a.bs as u64 {
+        eprintln!(
+            "loadgen: --once covered {ios} of {} blocks",
+            size / a.bs as u64
+        );
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
