@@ -153,6 +153,13 @@ impl Brain {
                 }
             }
         }
+        if report.promoted + report.demoted > 0 {
+            // Make this epoch's switches durable and free the old extents,
+            // whether or not the guest flushes.
+            if let Err(e) = v.flush() {
+                warn!("volume '{}': committing migrations: {e}", v.name());
+            }
+        }
         report
     }
 

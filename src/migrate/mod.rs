@@ -1,8 +1,10 @@
 //! Background chunk migration by shadow clone (DESIGN decision 5): copy a
 //! chunk to a new extent while the guest keeps using the old one, recopy
 //! the parts it wrote meanwhile, then hold the chunk for a moment, copy the
-//! last written parts, commit the new mapping durably and switch. A crash
-//! at any point leaves either the old or the new extent authoritative.
+//! last written parts and switch. The switch is committed with the next
+//! flush (after the copy is synced), and only then is the old extent freed:
+//! a crash at any point leaves either the old or the new extent
+//! authoritative, never a mix, and no flushed write is lost.
 
 mod rate;
 
@@ -103,9 +105,6 @@ pub fn migrate_chunk(
     match clone_and_switch(volume, chunk, from, target, slot, limiter) {
         Ok(Some(_new)) => {
             volume.dirty_tracker().unregister(slot);
-            if let Some(t) = volume.tiers().get(from.tier) {
-                t.free(from.unit * UNIT_BYTES, volume.chunk_size());
-            }
             Ok(Outcome::Moved {
                 from: from.tier,
                 to,
@@ -147,13 +146,6 @@ fn clone_and_switch(
 ) -> CloneResult {
     let map = volume.chunk_map();
     let cs = volume.chunk_size();
-    // The chunk's own allocation may still wait for a flush; commit it
-    // first, so the switch below is the only change to this chunk.
-    if volume.has_pending_changes() {
-        volume
-            .flush()
-            .map_err(|e| Failure::Error(Box::new(e.into()), None))?;
-    }
     let Some(new_off) = target
         .allocate(cs)
         .map_err(|e| Failure::Error(Box::new(e.into()), None))?
@@ -186,7 +178,6 @@ fn clone_and_switch(
             break;
         }
     }
-    target.sync_data().map_err(|e| fail(e.into()))?;
     // Hold new I/O on the chunk once the I/O in flight has drained.
     let deadline = Instant::now() + HOLD_TIMEOUT;
     while !map.try_hold_idle(chunk) {
@@ -199,20 +190,16 @@ fn clone_and_switch(
     let last = dirty | volume.dirty_tracker().take(slot);
     if last != 0 {
         copier.copy(last, &mut buf, None).map_err(fail)?;
-        target.sync_data().map_err(|e| fail(e.into()))?;
     }
     let to = Mapping {
         tier: target.id(),
         unit: new_off / UNIT_BYTES,
     };
-    {
-        let _commit = volume.commit_lock();
-        volume
-            .store()
-            .apply_chunk_changes(volume.name(), &[(chunk, to.to_persistent())])
-            .map_err(|e| fail(e.into()))?;
-    }
-    map.end_migration(chunk, Some(to));
+    // Switch while held. The switch becomes durable with the next flush,
+    // which syncs the copy first; until then the old extent stays reserved
+    // and authoritative on disk, so a crash in between finds the old map
+    // and the old extent with every flushed write.
+    volume.switch_extent(chunk, from, to);
     Ok(Some(to))
 }
 

@@ -63,10 +63,15 @@ fn moved_chunk_keeps_data_and_new_mapping_survives_restart() {
         assert_eq!(back, data);
         assert_eq!(
             v.tiers().get(from).unwrap().usage().0,
+            CHUNK,
+            "old extent stays reserved until the switch is durable"
+        );
+        v.flush().unwrap();
+        assert_eq!(
+            v.tiers().get(from).unwrap().usage().0,
             0,
             "old extent freed"
         );
-        // No flush: the switch itself is durable.
     }
     let v = open(dir.path());
     let mut back = vec![0u8; data.len()];
@@ -74,6 +79,37 @@ fn moved_chunk_keeps_data_and_new_mapping_survives_restart() {
     assert_eq!(back, data);
     let used: u64 = v.tiers().iter().map(|t| t.usage().0).sum();
     assert_eq!(used, CHUNK, "exactly one extent referenced after restart");
+}
+
+#[test]
+fn crash_before_flush_keeps_old_extent_authoritative() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = pattern(CHUNK as usize, 4);
+    let from;
+    {
+        let v = open(dir.path());
+        v.write_at(0, &data).unwrap();
+        v.flush().unwrap();
+        from = v.block_metadata(0).tier.unwrap();
+        let to = if from == 0 { 2 } else { 0 };
+        let mut l = RateLimiter::new(0.0);
+        assert!(matches!(
+            migrate_chunk(&v, 0, to, &mut l).unwrap(),
+            Outcome::Moved { .. }
+        ));
+        // "Crash": drop without flushing.
+    }
+    let v = open(dir.path());
+    assert_eq!(
+        v.block_metadata(0).tier,
+        Some(from),
+        "old mapping after a crash"
+    );
+    let mut back = vec![0u8; data.len()];
+    v.read_at(0, &mut back).unwrap();
+    assert_eq!(back, data);
+    let used: u64 = v.tiers().iter().map(|t| t.usage().0).sum();
+    assert_eq!(used, CHUNK, "the new extent is free again");
 }
 
 #[test]
@@ -163,6 +199,10 @@ fn writes_during_migration_are_not_lost() {
             got[0]
         );
     }
+    v.flush().unwrap();
     let used: u64 = v.tiers().iter().map(|t| t.usage().0).sum();
-    assert_eq!(used, CHUNK, "no extent leaked");
+    assert_eq!(
+        used, CHUNK,
+        "no extent leaked once the switches are durable"
+    );
 }

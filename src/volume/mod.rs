@@ -465,9 +465,14 @@ impl Volume {
         &self.dirty
     }
 
-    /// Serializes chunk-map commits (flushes and migration switches).
-    pub(crate) fn commit_lock(&self) -> MutexGuard<'_, ()> {
-        lock(&self.commit_lock)
+    /// Ends a migration of a held chunk: records the switch from `from` to
+    /// `to` for the next flush (freeing `from` once that is durable), then
+    /// points the chunk at `to` and releases the hold. The record comes
+    /// first, so any flush covering a write to the new extent also commits
+    /// the switch.
+    pub fn switch_extent(&self, chunk: u32, from: Mapping, to: Mapping) {
+        lock(&self.pending).push(chunk, to.to_persistent(), Some(from));
+        self.map.end_migration(chunk, Some(to));
     }
 
     /// Makes [offset, offset+len) read as zeros. Whole chunks are unmapped
