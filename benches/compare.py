@@ -142,7 +142,7 @@ def host_fio(path, job, secs, direct):
     rw = {"randread": "randread", "randwrite": "randwrite", "read": "read", "write": "write"}[job["op"]]
     cmd = ["fio", "--name=host", f"--filename={path}", "--ioengine=io_uring", f"--rw={rw}",
            f"--bs={job['bs']}", f"--iodepth={job['qd']}", f"--numjobs={job['queues']}",
-           f"--direct={1 if direct else 0}", "--time_based", f"--runtime={secs}", "--group_reporting",
+           f"--direct={1 if direct else 0}", "--time_based", f"--runtime={max(1, round(secs))}", "--group_reporting",
            "--output-format=json", "--randrepeat=0"]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
@@ -151,7 +151,7 @@ def host_fio(path, job, secs, direct):
     side = j["write"] if rw in ("randwrite", "write") else j["read"]
     ios = side["total_ios"] or 1
     pct = side["clat_ns"].get("percentile", {})
-    cpu_s = (j["usr_cpu"] + j["sys_cpu"]) / 100.0 * secs * job["queues"]
+    cpu_s = (j["usr_cpu"] + j["sys_cpu"]) / 100.0 * max(1, round(secs)) * job["queues"]
     return dict(iops=side["iops"], mibps=side["bw_bytes"] / MIB, p50=pct.get("50.000000", 0) / 1000,
                 p99=pct.get("99.000000", 0) / 1000, p999=pct.get("99.900000", 0) / 1000,
                 cpu_per_io=cpu_s * 1e6 / ios, per_queue=[])
@@ -224,12 +224,19 @@ def main():
                     order = targets if rnd % 2 == 0 else list(reversed(targets))
                     for name in order:
                         spec = JOBS[job]
+                        # Same starting point for every target: no writeback
+                        # of an earlier run in flight, and a short unmeasured
+                        # warm-up of the same job (page cache, folio sizes).
+                        os.sync()
+                        warm = min(1.0, args.secs)
                         la = loadavg()
                         if name == "host-fio":
+                            host_fio(backing, spec, warm, direct)
                             r = host_fio(backing, spec, args.secs, direct)
                         else:
                             cmd, sock = cmds[name]
                             with Target(cmd, sock, env.work / f"{name}.log") as t:
+                                loadgen(env, sock, t.proc.pid, spec, warm)
                                 r = loadgen(env, sock, t.proc.pid, spec, args.secs)
                         r["loadavg"] = la
                         samples.append((job, mode, name, rnd, r))
