@@ -18,10 +18,8 @@
 //! chunks accessed in the epoch, then [`FastTier::plan_epoch`]. Both keep
 //! the tier at or under its capacity at every step.
 
-use super::{Move, Plan};
+use super::{recency::RecencyList, Move, Plan};
 use crate::predict::HeatMap;
-
-const NIL: u32 = u32::MAX;
 
 /// Tunables of [`FastTier`].
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -58,11 +56,7 @@ pub struct FastTier {
     capacity: usize,
     len: usize,
     resident: Vec<bool>,
-    /// Intrusive recency list: `head` is the most recently used.
-    prev: Vec<u32>,
-    next: Vec<u32>,
-    head: u32,
-    tail: u32,
+    recency: RecencyList,
 }
 
 /// What to do with a chunk that missed the fastest tier.
@@ -83,10 +77,7 @@ impl FastTier {
             capacity,
             len: 0,
             resident: vec![false; n_chunks],
-            prev: vec![NIL; n_chunks],
-            next: vec![NIL; n_chunks],
-            head: NIL,
-            tail: NIL,
+            recency: RecencyList::new(n_chunks),
         }
     }
 
@@ -106,40 +97,12 @@ impl FastTier {
         self.resident.get(chunk as usize) == Some(&true)
     }
 
-    fn unlink(&mut self, c: u32) {
-        let (p, n) = (self.prev[c as usize], self.next[c as usize]);
-        if p != NIL {
-            self.next[p as usize] = n;
-        } else {
-            self.head = n;
-        }
-        if n != NIL {
-            self.prev[n as usize] = p;
-        } else {
-            self.tail = p;
-        }
-        self.prev[c as usize] = NIL;
-        self.next[c as usize] = NIL;
-    }
-
-    fn push_front(&mut self, c: u32) {
-        self.prev[c as usize] = NIL;
-        self.next[c as usize] = self.head;
-        if self.head != NIL {
-            self.prev[self.head as usize] = c;
-        }
-        self.head = c;
-        if self.tail == NIL {
-            self.tail = c;
-        }
-    }
-
     /// Records an access to a resident chunk (most recently used now).
     /// Accesses to chunks that are not resident are ignored.
     pub fn touch(&mut self, chunk: u32) {
         if self.contains(chunk) {
-            self.unlink(chunk);
-            self.push_front(chunk);
+            self.recency.unlink(chunk);
+            self.recency.push_front(chunk);
         }
     }
 
@@ -152,7 +115,7 @@ impl FastTier {
         if !self.resident[chunk as usize] {
             self.resident[chunk as usize] = true;
             self.len += 1;
-            self.push_front(chunk);
+            self.recency.push_front(chunk);
         }
         true
     }
@@ -160,7 +123,7 @@ impl FastTier {
     /// Removes `chunk` from the tier (no-op when it is not resident).
     pub fn remove(&mut self, chunk: u32) {
         if self.contains(chunk) {
-            self.unlink(chunk);
+            self.recency.unlink(chunk);
             self.resident[chunk as usize] = false;
             self.len -= 1;
         }
@@ -177,17 +140,12 @@ impl FastTier {
             .saturating_sub(protected)
             .clamp(1, self.cfg.max_window.max(1));
         let mut best: Option<(u32, f32)> = None;
-        let mut c = self.tail;
-        for _ in 0..window {
-            if c == NIL {
-                break;
-            }
+        for c in self.recency.iter_lru().take(window) {
             let s = score(c);
             let s = if s.is_nan() { 0.0 } else { s };
             if best.is_none_or(|(_, b)| s < b) {
                 best = Some((c, s));
             }
-            c = self.prev[c as usize];
         }
         best.map(|(c, _)| c)
     }

@@ -8,6 +8,7 @@
 
 mod fast_tier;
 mod plan;
+pub mod recency;
 
 pub use fast_tier::{FastTier, FastTierConfig, MissAction};
 pub use plan::{plan, Move, Plan, PlanInput};

@@ -10,7 +10,7 @@ use super::{
 use crate::{
     config::TierDefinition,
     cost,
-    place::{FastTier, MissAction},
+    place::{recency::RecencyList, FastTier, MissAction},
     predict::{self, HeatMap, Predictor},
     profile::{ChunkCounters, History},
     trace::Access,
@@ -244,45 +244,13 @@ const NIL: u32 = u32::MAX;
 
 /// Tier 0 as an LRU list (intrusive, O(1) per access).
 struct Lru {
-    prev: Vec<u32>,
-    next: Vec<u32>,
-    head: u32,
-    tail: u32,
+    list: RecencyList,
 }
 
 impl Lru {
     fn new(n: usize) -> Self {
         Self {
-            prev: vec![NIL; n],
-            next: vec![NIL; n],
-            head: NIL,
-            tail: NIL,
-        }
-    }
-
-    fn unlink(&mut self, c: u32) {
-        let (p, n) = (self.prev[c as usize], self.next[c as usize]);
-        if p != NIL {
-            self.next[p as usize] = n;
-        } else {
-            self.head = n;
-        }
-        if n != NIL {
-            self.prev[n as usize] = p;
-        } else {
-            self.tail = p;
-        }
-    }
-
-    fn push_front(&mut self, c: u32) {
-        self.prev[c as usize] = NIL;
-        self.next[c as usize] = self.head;
-        if self.head != NIL {
-            self.prev[self.head as usize] = c;
-        }
-        self.head = c;
-        if self.tail == NIL {
-            self.tail = c;
+            list: RecencyList::new(n),
         }
     }
 }
@@ -292,17 +260,17 @@ impl Policy for Lru {
         sim.serve(a);
         let c = a.chunk;
         if sim.tier_of[c as usize] == 0 {
-            self.unlink(c);
+            self.list.unlink(c);
         } else {
             if !sim.has_room(0) {
-                let victim = self.tail;
-                self.unlink(victim);
+                let victim = self.list.lru().expect("a full tier 0 has residents");
+                self.list.unlink(victim);
                 let to = sim.slowest();
                 sim.move_chunk(victim, to);
             }
             sim.move_chunk(c, 0);
         }
-        self.push_front(c);
+        self.list.push_front(c);
     }
 }
 
