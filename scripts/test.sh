@@ -22,7 +22,6 @@ step "cargo test (unit tests, virtqueue tests, whole-daemon tests through blkio)
 cargo test
 
 step "real guests: QEMU (TCG) + Linux + fio through tierblk, restart, corruption, libvirt"
-cargo build
 python3 qemu-tests/run.py
 
 step "trace replay vs libCacheSim on the shared traces (tierblk LRU must match libCacheSim LRU)"

@@ -4,6 +4,7 @@
 //! for the next connection (QEMU reconnect).
 
 use std::{
+    os::unix::net::UnixListener,
     path::{Path, PathBuf},
     sync::Arc,
     thread,
@@ -175,12 +176,11 @@ pub fn serve(cfg: &Config, opts: &ServeOptions) -> crate::Result<()> {
         crate::epoch::spawn(brain, epoch).expect("spawning a brain thread");
     }
     for v in &opened.volumes {
-        let mut listener =
-            Listener::new(&v.metadata().socket, true).map_err(|e| Error::Listen {
-                volume: v.name().to_string(),
-                path: v.metadata().socket.clone(),
-                reason: e.to_string(),
-            })?;
+        let mut listener = listen(&v.metadata().socket).map_err(|e| Error::Listen {
+            volume: v.name().to_string(),
+            path: v.metadata().socket.clone(),
+            reason: e.to_string(),
+        })?;
         let v = v.clone();
         thread::Builder::new()
             .name(format!("vol-{}", v.name()))
@@ -207,6 +207,21 @@ pub fn serve(cfg: &Config, opts: &ServeOptions) -> crate::Result<()> {
         let _ = std::fs::remove_file(&v.metadata().socket);
     }
     Ok(())
+}
+
+/// A listening socket at `path`, replacing whatever was there. The socket is
+/// bound and listening under a temporary name first and then renamed into
+/// place, so a client that sees the path (QEMU, libvirt, a test) never finds
+/// a bound socket that is not listening yet (ECONNREFUSED).
+fn listen(path: &Path) -> std::io::Result<Listener> {
+    let tmp = path.with_file_name(format!(".tierblk-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let sock = UnixListener::bind(&tmp)?;
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(Listener::from(sock))
 }
 
 /// Serves one volume forever: one vhost-user connection after another.

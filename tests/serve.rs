@@ -25,14 +25,14 @@ fn write_read_verify_across_chunk_and_tier_boundaries() {
     assert_eq!(c.capacity(), 16 * MIB);
     let data = pattern(MIB as usize, 1);
     let off = 32 * KIB + 512;
-    assert_eq!(c.write(0, off, &data), 0);
+    assert_eq!(c.write(0, off, &data), 0, "{}", d.log());
     let (r, back) = c.read(0, off, data.len());
-    assert_eq!(r, 0);
+    assert_eq!(r, 0, "{}", d.log());
     assert!(back == data, "read-back differs");
     // Unwritten space around it reads zeros.
     let (_, head) = c.read(0, 0, (32 * KIB) as usize);
     assert!(head.iter().all(|&b| b == 0));
-    assert_eq!(c.flush(0), 0);
+    assert_eq!(c.flush(0), 0, "{}", d.log());
     assert!(nonzero_bytes(&d.tier_file(1)) > 0, "tier 1 holds data");
     assert!(
         nonzero_bytes(&d.tier_file(2)) > 0,
@@ -45,13 +45,18 @@ fn discard_and_write_zeroes_read_back_zeros() {
     let d = Daemon::start(&tiers3(), &[VolumeSpec::default()]);
     let mut c = Client::connect(&d.socket("vol0"), 1, false).unwrap();
     let data = pattern(512 * KIB as usize, 2);
-    assert_eq!(c.write(0, 0, &data), 0);
+    assert_eq!(c.write(0, 0, &data), 0, "{}", d.log());
     // Whole chunks 1..3 and a partial range inside chunk 0.
-    assert_eq!(c.discard(0, 64 * KIB, 128 * KIB), 0);
-    assert_eq!(c.write_zeroes(0, 4 * KIB, 4 * KIB, false), 0);
-    assert_eq!(c.write_zeroes(0, 256 * KIB, 64 * KIB, true), 0);
+    assert_eq!(c.discard(0, 64 * KIB, 128 * KIB), 0, "{}", d.log());
+    assert_eq!(c.write_zeroes(0, 4 * KIB, 4 * KIB, false), 0, "{}", d.log());
+    assert_eq!(
+        c.write_zeroes(0, 256 * KIB, 64 * KIB, true),
+        0,
+        "{}",
+        d.log()
+    );
     let (r, back) = c.read(0, 0, data.len());
-    assert_eq!(r, 0);
+    assert_eq!(r, 0, "{}", d.log());
     let zero = |a: u64, b: u64| back[a as usize..b as usize].iter().all(|&x| x == 0);
     let same = |a: u64, b: u64| back[a as usize..b as usize] == data[a as usize..b as usize];
     assert!(same(0, 4 * KIB) && zero(4 * KIB, 8 * KIB) && same(8 * KIB, 64 * KIB));
@@ -66,7 +71,7 @@ fn out_of_range_io_fails_and_daemon_keeps_serving() {
     let end = 16 * MIB;
     assert_ne!(c.write(0, end - 512, &[1u8; 1024]), 0);
     assert_ne!(c.read(0, end, 512).0, 0);
-    assert_eq!(c.write(0, end - 512, &[1u8; 512]), 0);
+    assert_eq!(c.write(0, end - 512, &[1u8; 512]), 0, "{}", d.log());
     assert_eq!(c.read(0, end - 512, 512).1, vec![1u8; 512]);
 }
 
@@ -76,14 +81,14 @@ fn flushed_data_survives_kill9_and_restart() {
     let data = pattern(3 * MIB as usize, 3);
     {
         let mut c = Client::connect(&d.socket("vol0"), 1, false).unwrap();
-        assert_eq!(c.write(0, 5 * MIB, &data), 0);
-        assert_eq!(c.flush(0), 0);
+        assert_eq!(c.write(0, 5 * MIB, &data), 0, "{}", d.log());
+        assert_eq!(c.flush(0), 0, "{}", d.log());
         d.kill9();
     }
     d.restart();
     let mut c = Client::connect(&d.socket("vol0"), 1, false).unwrap();
     let (r, back) = c.read(0, 5 * MIB, data.len());
-    assert_eq!(r, 0);
+    assert_eq!(r, 0, "{}", d.log());
     assert!(back == data, "flushed data lost after kill -9");
 }
 
@@ -93,7 +98,7 @@ fn clean_shutdown_persists_unflushed_writes() {
     let data = pattern(256 * KIB as usize, 4);
     {
         let mut c = Client::connect(&d.socket("vol0"), 1, false).unwrap();
-        assert_eq!(c.write(0, MIB, &data), 0);
+        assert_eq!(c.write(0, MIB, &data), 0, "{}", d.log());
         assert!(d.stop().success(), "{}", d.log());
     }
     d.restart();
@@ -107,11 +112,17 @@ fn reconnect_serves_same_data() {
     let data = pattern(128 * KIB as usize, 5);
     {
         let mut c = Client::connect(&d.socket("vol0"), 1, false).unwrap();
-        assert_eq!(c.write(0, 0, &data), 0);
+        assert_eq!(c.write(0, 0, &data), 0, "{}", d.log());
     }
-    for _ in 0..3 {
+    for round in 0..3 {
         let mut c = Client::connect(&d.socket("vol0"), 1, false).unwrap();
-        assert!(c.read(0, 0, data.len()).1 == data);
+        let (status, got) = c.read(0, 0, data.len());
+        let first_bad = got.iter().zip(&data).position(|(a, b)| a != b);
+        assert!(
+            status == 0 && first_bad.is_none(),
+            "connection {round}: status {status}, first wrong byte at {first_bad:?}\n{}",
+            d.log()
+        );
     }
 }
 
@@ -137,7 +148,7 @@ fn multiqueue_serves_both_queues_concurrently() {
     assert!(c.wait(1, n / 2).iter().all(|&r| r == 0));
     for q in 0..2 {
         let (r, back) = c.read(q, 0, n * len);
-        assert_eq!(r, 0);
+        assert_eq!(r, 0, "{}", d.log());
         assert!(back == data, "queue {q} reads different data");
     }
 }
@@ -153,7 +164,7 @@ fn read_only_volume_is_advertised_and_readable() {
     assert!(Client::connect(&d.socket("vol0"), 1, false).is_err());
     let mut c = Client::connect(&d.socket("vol0"), 1, true).unwrap();
     let (r, back) = c.read(0, 0, 4096);
-    assert_eq!(r, 0);
+    assert_eq!(r, 0, "{}", d.log());
     assert!(back.iter().all(|&b| b == 0));
     assert_ne!(c.write(0, 0, &[1u8; 512]), 0);
 }
@@ -172,8 +183,8 @@ fn two_volumes_in_one_daemon_are_independent() {
     let d = Daemon::start(&tiers3(), &[a, b]);
     let mut ca = Client::connect(&d.socket("a"), 1, false).unwrap();
     let mut cb = Client::connect(&d.socket("b"), 1, false).unwrap();
-    assert_eq!(ca.write(0, 0, &[0xaa; 4096]), 0);
-    assert_eq!(cb.write(0, 0, &[0xbb; 4096]), 0);
+    assert_eq!(ca.write(0, 0, &[0xaa; 4096]), 0, "{}", d.log());
+    assert_eq!(cb.write(0, 0, &[0xbb; 4096]), 0, "{}", d.log());
     assert_eq!(ca.read(0, 0, 4096).1, vec![0xaa; 4096]);
     assert_eq!(cb.read(0, 0, 4096).1, vec![0xbb; 4096]);
 }
@@ -186,10 +197,10 @@ fn emulated_slow_tier_delays_completions() {
     }];
     let d = Daemon::start(&tiers, &[VolumeSpec::default()]);
     let mut c = Client::connect(&d.socket("vol0"), 1, false).unwrap();
-    assert_eq!(c.write(0, 0, &[1u8; 4096]), 0);
+    assert_eq!(c.write(0, 0, &[1u8; 4096]), 0, "{}", d.log());
     let t = std::time::Instant::now();
     for _ in 0..5 {
-        assert_eq!(c.read(0, 0, 4096).0, 0);
+        assert_eq!(c.read(0, 0, 4096).0, 0, "{}", d.log());
     }
     // Five reads of a tier that answers in 20 ms cannot take less than
     // 100 ms; this checks the emulation is applied, not a speed.
@@ -224,13 +235,13 @@ fn hot_chunk_is_promoted_in_the_background_and_heat_map_survives_restart() {
     let data = pattern(MIB as usize, 7);
     {
         let mut c = Client::connect(&d.socket("vol0"), 1, false).unwrap();
-        assert_eq!(c.write(0, 0, &data), 0);
-        assert_eq!(c.flush(0), 0);
+        assert_eq!(c.write(0, 0, &data), 0, "{}", d.log());
+        assert_eq!(c.flush(0), 0, "{}", d.log());
         assert_eq!(nonzero_bytes(&d.tier_file(0)), 0, "new chunks start cold");
         let t = std::time::Instant::now();
         while t.elapsed() < std::time::Duration::from_secs(4) {
             let (r, back) = c.read(0, 3 * 64 * KIB, 4096);
-            assert_eq!(r, 0);
+            assert_eq!(r, 0, "{}", d.log());
             assert!(back[..] == data[3 * 64 * KIB as usize..][..4096]);
         }
         // Promoted while being read: the data is now on tier 0, unchanged.

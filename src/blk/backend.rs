@@ -23,7 +23,7 @@ use virtio_bindings::{
     virtio_config::VIRTIO_F_VERSION_1,
     virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC},
 };
-use vm_memory::{GuestAddressSpace, GuestMemoryAtomic};
+use vm_memory::GuestMemoryAtomic;
 use vmm_sys_util::{
     epoll::EventSet,
     event::{new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier},
@@ -108,9 +108,8 @@ impl BlkBackend {
         self.queue_size as u32 - 2
     }
 
-    fn memory(&self) -> Option<Arc<GuestMemory>> {
-        let m = self.mem.read().unwrap_or_else(|p| p.into_inner());
-        m.as_ref().map(|a| a.memory().into_inner())
+    fn memory(&self) -> Option<GuestMemoryAtomic<GuestMemory>> {
+        self.mem.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 

@@ -147,7 +147,7 @@ impl Rig {
         let q = &self.q;
         q.add_desc_chains(&raw, base).unwrap();
         self.next_desc = (base + n) % (QSIZE - 4);
-        let mem = Arc::new(self.mem.clone());
+        let mem = GuestMemoryAtomic::new(self.mem.clone());
         self.worker.process_queue(&self.vring, &mem, false);
         let used_idx_addr = self.q.used_addr().unchecked_add(2);
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -17,7 +17,9 @@ use log::{debug, warn};
 use vhost_user_backend::{VringRwLock, VringT};
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK};
 use virtio_queue::QueueT;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{
+    Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap,
+};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::request::{self, GuestBuf, Kind, Limits, Request, RequestBufs, ZeroSegment};
@@ -146,13 +148,19 @@ impl Worker {
 
     /// Handles a kick: processes every available chain, with EVENT_IDX
     /// re-checking after re-enabling notifications.
-    pub fn process_queue(&mut self, vring: &VringRwLock, mem: &Arc<GuestMemory>, event_idx: bool) {
+    pub fn process_queue(
+        &mut self,
+        vring: &VringRwLock,
+        memory: &GuestMemoryAtomic<GuestMemory>,
+        event_idx: bool,
+    ) {
         let mut used = false;
+        let mut mem = memory.memory().into_inner();
         loop {
             if event_idx {
                 let _ = vring.disable_notification();
             }
-            used |= self.pop_all(vring, mem);
+            used |= self.pop_all(vring, memory, &mut mem);
             if !event_idx {
                 break;
             }
@@ -173,13 +181,32 @@ impl Worker {
         }
     }
 
-    fn pop_all(&mut self, vring: &VringRwLock, mem: &Arc<GuestMemory>) -> bool {
+    /// Pops and starts every available chain. `mem` is the guest memory the
+    /// chains' buffers are checked against; it is refreshed after each pop.
+    fn pop_all(
+        &mut self,
+        vring: &VringRwLock,
+        memory: &GuestMemoryAtomic<GuestMemory>,
+        mem: &mut Arc<GuestMemory>,
+    ) -> bool {
         let mut used = false;
         loop {
-            let chain = vring.get_mut().get_queue_mut().pop_descriptor_chain(&**mem);
+            let ring_mem = memory.memory();
+            let chain = vring
+                .get_mut()
+                .get_queue_mut()
+                .pop_descriptor_chain(&*ring_mem);
             let Some(chain) = chain else {
                 return used;
             };
+            // A driver adds a memory region (acknowledged) before it
+            // publishes a chain that uses it, so a snapshot taken after the
+            // pop has every region the chain may use; the one taken at the
+            // kick may predate them (the thread can be preempted between).
+            let now = memory.memory();
+            if !std::ptr::eq(&*now, &**mem) {
+                *mem = now.into_inner();
+            }
             let head = chain.head_index();
             let parsed = request::parse(chain, &**mem, self.shared.limits, &mut self.bufs);
             used |= match parsed {
@@ -248,6 +275,7 @@ impl Worker {
         let Some(idx) = self.free.pop() else {
             // More chains in flight than slots: only a misbehaving driver
             // reuses heads like that.
+            debug!("queue: request {head}: more chains in flight than the queue size");
             return complete_now(vring, mem, head, Some(req.status), err, 0);
         };
         let slot = &mut self.slots[idx as usize];
@@ -278,6 +306,7 @@ impl Worker {
             return false;
         }
         if !host_iovecs(mem, &self.bufs.data, &mut slot.host) {
+            debug!("queue: request {head}: data buffer outside guest memory");
             self.free.push(idx);
             return complete_now(vring, mem, head, Some(req.status), err, 0);
         }
@@ -447,6 +476,13 @@ impl Worker {
     fn finish(&mut self, vring: &VringRwLock, idx: u16) -> bool {
         let slot = &mut self.slots[idx as usize];
         if slot.done != slot.expect {
+            warn!(
+                "volume '{}': request {}: {} of {} bytes transferred",
+                self.shared.volume.name(),
+                slot.head,
+                slot.done,
+                slot.expect
+            );
             slot.failed = true;
         }
         let write = slot.kind == Kind::Write;
