@@ -157,6 +157,34 @@ def host_fio(path, job, secs, direct):
                 cpu_per_io=cpu_s * 1e6 / ios, per_queue=[])
 
 
+def backing_files(env, name, backing):
+    """The files a target's data lives in."""
+    if name.startswith("tierblk"):
+        return sorted((env.work / name).glob("t*/extents.dat"))
+    return [Path(backing)]
+
+
+def reset_cache(files, populate):
+    """Writes back and drops the files' cached pages, then (for page-cached
+    runs) reads them once sequentially. What a file's page cache holds, and in
+    which folio sizes, depends on its history (1 MiB prefill writes, earlier
+    jobs) and changes the cost of buffered 4k writes several-fold in the
+    kernel (ext4_block_write_begin walks every block of a large folio); without
+    this, target order and earlier jobs decide the cached rows."""
+    os.sync()
+    for f in files:
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    if populate:
+        for f in files:
+            with open(f, "rb", buffering=0) as fh:
+                while fh.read(MIB):
+                    pass
+
+
 def loadavg():
     return Path("/proc/loadavg").read_text().split()[0]
 
@@ -225,9 +253,10 @@ def main():
                     for name in order:
                         spec = JOBS[job]
                         # Same starting point for every target: no writeback
-                        # of an earlier run in flight, and a short unmeasured
-                        # warm-up of the same job (page cache, folio sizes).
-                        os.sync()
+                        # of an earlier run in flight, the same page-cache
+                        # state of its backing files (see reset_cache), and a
+                        # short unmeasured warm-up of the same job.
+                        reset_cache(backing_files(env, name, backing), populate=not direct)
                         warm = min(1.0, args.secs)
                         la = loadavg()
                         if name == "host-fio":

@@ -223,6 +223,11 @@ fn default_queues() -> u16 {
 fn default_queue_size() -> u16 {
     256
 }
+/// Longest accepted `poll_us`: beyond this a poll costs more than a wake-up.
+const MAX_POLL_US: u32 = 1000;
+fn default_poll_us() -> u32 {
+    50
+}
 fn default_model() -> String {
     "ewma".to_string()
 }
@@ -254,6 +259,10 @@ pub struct VolumeMetadata {
     pub num_queues: u16,
     #[serde(default = "default_queue_size")]
     pub queue_size: u16,
+    /// After a queue's worker runs out of work it busy-polls the virtqueue
+    /// and its io_uring this long (µs) before sleeping; 0 never polls.
+    #[serde(default = "default_poll_us")]
+    pub poll_us: u32,
     /// Serial reported by GET_ID (default: the volume name); at most 20 bytes.
     #[serde(default)]
     pub serial: Option<String>,
@@ -511,6 +520,13 @@ fn validate_volume(
             "must be a power of two between 2 and 1024",
         ));
     }
+    if v.poll_us > MAX_POLL_US {
+        return Err(invalid(
+            key("poll_us"),
+            v.poll_us,
+            format!("must be 0..={MAX_POLL_US} (microseconds)"),
+        ));
+    }
     if v.serial().len() > crate::blk::VIRTIO_BLK_ID_BYTES {
         return Err(invalid(
             key("serial"),
@@ -601,6 +617,12 @@ tiering_policy = "cost-optimized"
             e.contains("chunk_size") && e.contains("100KiB") && e.contains("power of two"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn poll_window_over_the_limit_names_key_and_value() {
+        let e = err_of(&GOOD.replace("tiering_policy", "poll_us = 5000\ntiering_policy"));
+        assert!(e.contains("poll_us") && e.contains("5000"), "{e}");
     }
 
     #[test]

@@ -48,6 +48,8 @@ pub struct BlkBackend {
     mem: RwLock<Option<GuestMemoryAtomic<GuestMemory>>>,
     event_idx: AtomicBool,
     read_only: bool,
+    /// How long a queue's worker busy-polls after its last work.
+    poll: Duration,
 }
 
 impl BlkBackend {
@@ -74,6 +76,7 @@ impl BlkBackend {
             mem: RwLock::new(None),
             event_idx: AtomicBool::new(false),
             read_only: meta.read_only,
+            poll: Duration::from_micros(meta.poll_us.into()),
         })
     }
 
@@ -251,15 +254,20 @@ impl VhostUserBackend for BlkBackend {
             )));
         };
         let mut w = lock(worker);
+        let event_idx = self.event_idx.load(Ordering::Relaxed);
+        let mem = self.memory();
         if device_event == self.completion_event() {
             w.process_completions(vring);
         } else if device_event == 0 {
-            let Some(mem) = self.memory() else {
+            let Some(mem) = &mem else {
                 return Ok(());
             };
-            w.process_queue(vring, &mem, self.event_idx.load(Ordering::Relaxed));
+            w.process_queue(vring, mem, event_idx);
         } else {
             return Err(io::Error::other(format!("unknown event {device_event}")));
+        }
+        if let Some(mem) = &mem {
+            w.poll(vring, mem, event_idx, self.poll);
         }
         Ok(())
     }
