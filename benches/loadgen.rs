@@ -48,12 +48,19 @@ struct Args {
     once: bool,
 }
 
+const USAGE: &str = "usage: loadgen --socket PATH [--op randread|randwrite|read|write|mixed] \
+    [--bs BYTES] [--qd N] [--queues N] [--secs S] [--size BYTES] [--pid BACKEND_PID] [--json] [--once]
+
+A vhost-user-blk client (libblkio's virtio-blk-vhost-user driver): one thread
+and virtqueue per queue, each keeping --qd requests of --bs bytes in flight
+for --secs seconds (defaults: randread, 4096, 32, 1 queue, 10 s). Prints IOPS,
+MiB/s, latency mean/p50/p99/p99.9 and, with --pid, the backend process's CPU
+time per I/O; --json prints the same as JSON. --once (read/write only) covers
+the device exactly once and stops.";
+
 fn usage(msg: &str) -> ! {
     eprintln!("loadgen: {msg}");
-    eprintln!(
-        "usage: loadgen --socket PATH [--op randread|randwrite|read|write|mixed] [--bs BYTES] \
-         [--qd N] [--queues N] [--secs S] [--size BYTES] [--pid BACKEND_PID] [--json] [--once]"
-    );
+    eprintln!("{USAGE}");
     std::process::exit(2)
 }
 
@@ -104,6 +111,10 @@ fn parse_args() -> Args {
             "--pid" => a.pid = Some(num(v()) as u32),
             "--json" => a.json = true,
             "--once" => a.once = true,
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0)
+            }
             // `cargo bench` passes --bench to harness-less benches.
             "--bench" => {}
             _ => usage(&format!("unknown argument '{k}'")),
