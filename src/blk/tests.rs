@@ -10,7 +10,7 @@ use std::{
 use vhost_user_backend::{VringRwLock, VringT};
 use virtio_bindings::{
     virtio_blk::*,
-    virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE},
+    virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY},
 };
 use virtio_queue::{
     desc::{split::Descriptor, RawDescriptor},
@@ -362,4 +362,33 @@ fn write_through_mode_makes_each_write_durable_before_completion() {
     );
     assert!(!r.volume.has_pending_changes());
     assert_eq!(r.volume.store().chunk_map("v").unwrap().len(), 1);
+}
+
+#[test]
+fn polling_without_event_idx_leaves_the_driver_kicking() {
+    let mut r = Rig::new();
+    r.mem.write_slice(&[7u8; 4096], GuestAddress(DATA)).unwrap();
+    r.header(VIRTIO_BLK_T_OUT, 8);
+    let w = [(HDR, 16, false), (DATA, 4096, false), (STATUS, 1, true)];
+    assert_eq!(r.submit(&w), (1, OK));
+    r.header(VIRTIO_BLK_T_IN, 8);
+    let rd = [(HDR, 16, false), (DATA, 4096, true), (STATUS, 1, true)];
+    for _ in 0..4 {
+        assert_eq!(r.submit(&rd), (4097, OK));
+    }
+    assert!(
+        r.worker.would_poll(),
+        "page-cache reads complete inside the submit, so the worker polls"
+    );
+    let mem = GuestMemoryAtomic::new(r.mem.clone());
+    r.worker
+        .poll(&r.vring, &mem, false, Duration::from_millis(2));
+    let flags: u16 = r.mem.read_obj(r.q.used_addr()).unwrap();
+    assert_eq!(
+        flags & VRING_USED_F_NO_NOTIFY as u16,
+        0,
+        "without EVENT_IDX the driver must still be asked to kick after a poll"
+    );
+    // And the queue still serves requests.
+    assert_eq!(r.submit(&rd), (4097, OK));
 }

@@ -190,11 +190,16 @@ impl Worker {
         }
     }
 
-    /// Busy-polls the virtqueue with guest notifications off while nothing
-    /// is in flight and requests have lately been completing at once
+    /// Whether `poll` would spin now (requests lately completed at once).
+    #[cfg(test)]
+    pub fn would_poll(&self) -> bool {
+        self.inline_score > 0
+    }
+
+    /// Busy-polls the virtqueue while nothing is in flight and requests have lately been completing at once
     /// (`inline_score`; on O_DIRECT or slow tiers a spin only takes the CPU
     /// from the driver and the other queues), until `window` passes without a new chain; then
-    /// re-enables notifications (picking up what raced in) and returns. When
+    /// re-arms notifications (picking up what raced in) and returns. When
     /// requests complete at once (page-cache hits) this saves the driver's
     /// kick and this thread's wake-up per batch, as QEMU's adaptive polling
     /// does; requests waiting on a device end the poll.
@@ -208,7 +213,10 @@ impl Worker {
         if window.is_zero() || self.inline_score <= 0 || self.inflight.load(Ordering::Acquire) > 0 {
             return;
         }
-        let _ = vring.disable_notification();
+        // Notifications stay as they are: with EVENT_IDX the driver is not
+        // asked for a kick until the closing process_queue re-arms
+        // avail_event; without it, VRING_USED_F_NO_NOTIFY would have to be
+        // cleared again by hand, and a driver that is never told so hangs.
         let mut mem = memory.memory().into_inner();
         let mut last_work = Instant::now();
         loop {
