@@ -62,6 +62,7 @@ impl BlkBackend {
             },
             volume,
             writeback: AtomicBool::new(true),
+            busy_queues: AtomicUsize::new(0),
         });
         let workers = (0..meta.num_queues)
             .map(|_| Worker::new(shared.clone(), meta.queue_size).map(Mutex::new))
@@ -113,6 +114,22 @@ impl BlkBackend {
 
     fn memory(&self) -> Option<GuestMemoryAtomic<GuestMemory>> {
         self.mem.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Counts a queue thread as busy while it lives.
+struct Busy<'a>(&'a AtomicUsize);
+
+impl<'a> Busy<'a> {
+    fn enter(n: &'a AtomicUsize) -> Self {
+        n.fetch_add(1, Ordering::Relaxed);
+        Self(n)
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -254,6 +271,7 @@ impl VhostUserBackend for BlkBackend {
             )));
         };
         let mut w = lock(worker);
+        let _busy = Busy::enter(&self.shared.busy_queues);
         let event_idx = self.event_idx.load(Ordering::Relaxed);
         let mem = self.memory();
         if device_event == self.completion_event() {

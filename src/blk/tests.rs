@@ -94,6 +94,7 @@ impl Rig {
             },
             volume,
             writeback: AtomicBool::new(writeback),
+            busy_queues: Default::default(),
         });
         let volume = shared.volume.clone();
         let worker = Worker::new(shared, QSIZE).unwrap();

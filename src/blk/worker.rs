@@ -50,6 +50,8 @@ pub struct Shared {
     pub limits: Limits,
     /// Volatile write cache on (the guest may turn it off via CONFIG_WCE).
     pub writeback: AtomicBool,
+    /// Queue threads of this device handling an event right now.
+    pub busy_queues: AtomicUsize,
 }
 
 /// One in-flight request.
@@ -174,7 +176,7 @@ impl Worker {
             if event_idx {
                 let _ = vring.disable_notification();
             }
-            while self.serve_batch(vring, memory, &mut mem) {}
+            self.serve_all(vring, memory, &mut mem);
             if !event_idx {
                 break;
             }
@@ -189,16 +191,37 @@ impl Worker {
         }
     }
 
-    /// Starts up to SIGNAL_BATCH available chains, submits them, completes
-    /// what finished at once and signals the driver. Returns true if the
-    /// batch was full (more chains may be waiting).
+    /// Serves every available chain. While this is the device's only busy
+    /// queue, in batches of SIGNAL_BATCH, each signalled at once, so the
+    /// driver reaps and submits again while this thread works on the rest
+    /// (driver and worker overlap on two cores); while other queues are
+    /// busy too the cores are taken, and the extra signals and wake-ups
+    /// would cost more than they overlap: then one batch, one signal.
+    fn serve_all(
+        &mut self,
+        vring: &VringRwLock,
+        memory: &GuestMemoryAtomic<GuestMemory>,
+        mem: &mut Arc<GuestMemory>,
+    ) {
+        let max = if self.shared.busy_queues.load(Ordering::Relaxed) > 1 {
+            usize::MAX
+        } else {
+            SIGNAL_BATCH
+        };
+        while self.serve_batch(vring, memory, mem, max) {}
+    }
+
+    /// Starts up to `max` available chains, submits them, completes what
+    /// finished at once and signals the driver. Returns true if the batch
+    /// was full (more chains may be waiting).
     fn serve_batch(
         &mut self,
         vring: &VringRwLock,
         memory: &GuestMemoryAtomic<GuestMemory>,
         mem: &mut Arc<GuestMemory>,
+        max: usize,
     ) -> bool {
-        let (mut used, full) = self.pop_batch(vring, memory, mem, SIGNAL_BATCH);
+        let (mut used, full) = self.pop_batch(vring, memory, mem, max);
         used |= self.submit_and_reap(vring);
         if used {
             signal(vring);
@@ -237,7 +260,7 @@ impl Worker {
         let mut last_work = Instant::now();
         loop {
             let before = self.activity;
-            while self.serve_batch(vring, memory, &mut mem) {}
+            self.serve_all(vring, memory, &mut mem);
             if self.inflight.load(Ordering::Acquire) > 0 {
                 // Waiting on the device (O_DIRECT, a slow tier): its
                 // completion wakes us through the eventfd; spinning would
