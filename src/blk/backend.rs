@@ -273,19 +273,24 @@ impl VhostUserBackend for BlkBackend {
         let mut w = lock(worker);
         let _busy = Busy::enter(&self.shared.busy_queues);
         let event_idx = self.event_idx.load(Ordering::Relaxed);
-        let mem = self.memory();
+        // Guest memory is looked up only for a kick or a poll, not for
+        // every completion event of an O_DIRECT queue.
+        let mut mem = None;
         if device_event == self.completion_event() {
             w.process_completions(vring);
         } else if device_event == 0 {
-            let Some(mem) = &mem else {
+            mem = self.memory();
+            let Some(m) = &mem else {
                 return Ok(());
             };
-            w.process_queue(vring, mem, event_idx);
+            w.process_queue(vring, m, event_idx);
         } else {
             return Err(io::Error::other(format!("unknown event {device_event}")));
         }
-        if let Some(mem) = &mem {
-            w.poll(vring, mem, event_idx, self.poll);
+        if w.wants_poll(self.poll) {
+            if let Some(m) = mem.or_else(|| self.memory()) {
+                w.poll(vring, &m, event_idx, self.poll);
+            }
         }
         Ok(())
     }

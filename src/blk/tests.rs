@@ -378,7 +378,7 @@ fn polling_without_event_idx_leaves_the_driver_kicking() {
         assert_eq!(r.submit(&rd), (4097, OK));
     }
     assert!(
-        r.worker.would_poll(),
+        r.worker.wants_poll(Duration::from_millis(2)),
         "page-cache reads complete inside the submit, so the worker polls"
     );
     let mem = GuestMemoryAtomic::new(r.mem.clone());

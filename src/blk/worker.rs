@@ -229,19 +229,20 @@ impl Worker {
         full
     }
 
-    /// Whether `poll` would spin now (requests lately completed at once).
-    #[cfg(test)]
-    pub fn would_poll(&self) -> bool {
-        self.inline_score > 0
+    /// Whether `poll` with this window would spin now: polling is on,
+    /// requests have lately been completing at once (`inline_score`; on
+    /// O_DIRECT or slow tiers a spin only takes the CPU from the driver and
+    /// the other queues) and nothing is in flight.
+    pub fn wants_poll(&self, window: Duration) -> bool {
+        !window.is_zero() && self.inline_score > 0 && self.inflight.load(Ordering::Acquire) == 0
     }
 
-    /// Busy-polls the virtqueue while nothing is in flight and requests have lately been completing at once
-    /// (`inline_score`; on O_DIRECT or slow tiers a spin only takes the CPU
-    /// from the driver and the other queues), until `window` passes without a new chain; then
-    /// re-arms notifications (picking up what raced in) and returns. When
-    /// requests complete at once (page-cache hits) this saves the driver's
-    /// kick and this thread's wake-up per batch, as QEMU's adaptive polling
-    /// does; requests waiting on a device end the poll.
+    /// Busy-polls the virtqueue while `wants_poll` holds, until `window`
+    /// passes without a new chain; then re-arms notifications (picking up
+    /// what raced in) and returns. When requests complete at once
+    /// (page-cache hits) this saves the driver's kick and this thread's
+    /// wake-up per batch, as QEMU's adaptive polling does; requests waiting
+    /// on a device end the poll.
     pub fn poll(
         &mut self,
         vring: &VringRwLock,
@@ -249,7 +250,7 @@ impl Worker {
         event_idx: bool,
         window: Duration,
     ) {
-        if window.is_zero() || self.inline_score <= 0 || self.inflight.load(Ordering::Acquire) > 0 {
+        if !self.wants_poll(window) {
             return;
         }
         // Notifications stay as they are: with EVENT_IDX the driver is not
