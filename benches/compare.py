@@ -305,14 +305,31 @@ def report(samples, jobs, modes, targets):
                     if pq and pq[0] and len(pq[0]) > 1 else ""
                 print(f"| {job} | {mode} | {t} | {med[t]:.0f} ({min(v):.0f}–{max(v):.0f}) | {p99:.0f} | {cpu_s} | {pq_s} |")
             ratios.append((job, mode, med))
+    print("\nRatios: of the medians; in brackets the median and min–max of the per-round ratios (A and B of")
+    print("the same round ran back to back, so a slow drift of the disk or the machine cancels out).")
     print("\n| job | backing | tierblk-1/QSD | tierblk-1/host fio | tierblk-3/tierblk-1 |")
     print("|---|---|---|---|---|")
     for job, mode, med in ratios:
         def ratio(a, b):
-            return f"{med[a] / med[b]:.2f}×" if a in med and b in med and med[b] > 0 else "–"
+            if a not in med or b not in med or med[b] <= 0:
+                return "–"
+            per_round = paired_ratios(samples, job, mode, a, b)
+            out = f"{med[a] / med[b]:.2f}×"
+            if len(per_round) > 1:
+                out += (f" ({statistics.median(per_round):.2f}×, "
+                        f"{min(per_round):.2f}–{max(per_round):.2f})")
+            return out
         print(f"| {job} | {mode} | {ratio('tierblk-1', 'qsd')} | {ratio('tierblk-1', 'host-fio')} | "
               f"{ratio('tierblk-3', 'tierblk-1')} |")
 
+
+def paired_ratios(samples, job, mode, a, b):
+    """IOPS of `a` over `b` for every round both ran in."""
+    by_round = {}
+    for j, m, t, rnd, r in samples:
+        if j == job and m == mode and t in (a, b):
+            by_round.setdefault(rnd, {})[t] = r["iops"]
+    return [v[a] / v[b] for v in by_round.values() if a in v and b in v and v[b] > 0]
 
 if __name__ == "__main__":
     main()
