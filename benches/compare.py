@@ -6,6 +6,9 @@ rounds, with page-cached and O_DIRECT backing.
 Targets
   tierblk-1   tierblk, one tier, tiering disabled
   tierblk-3   tierblk, three tiers on the same disk (emulate off), tiering on
+  tierblk-3-off  (opt-in) tierblk-3's files and layout with tiering off: with
+              it, tierblk-3/tierblk-3-off is the cost of the tiering logic
+              alone, apart from how the data is spread over files
   qsd         qemu-storage-daemon --export type=vhost-user-blk (io_uring)
   host-fio    fio with ioengine=io_uring directly on the backing file
 The three vhost-user targets are driven by the same client
@@ -38,6 +41,7 @@ JOBS = {
     "128k-seqread-qd8": dict(op="read", bs=131072, qd=8, queues=1),
 }
 TARGETS = ["tierblk-1", "tierblk-3", "qsd", "host-fio"]
+OPTIONAL_TARGETS = ["tierblk-3-off"]
 
 
 def log(msg):
@@ -64,7 +68,7 @@ class Env:
             cmd.append("--release")
         run(cmd, cwd=REPO)
 
-    def tierblk_config(self, name, tiers, direct):
+    def tierblk_config(self, name, tiers, direct, tiering=None):
         d = self.work / name
         d.mkdir(exist_ok=True)
         tier_lines = []
@@ -80,7 +84,9 @@ path = "{td}"
 direct_io = {str(direct).lower()}
 performance_metrics = {{ read_latency_us = 100, write_latency_us = 100, bandwidth_mibps = 1000 }}
 """)
-        cfg = d / f"tierblk-{'direct' if direct else 'cached'}.toml"
+        if tiering is None:
+            tiering = len(tiers) > 1
+        cfg = d / f"tierblk-{'direct' if direct else 'cached'}{'' if tiering else '-off'}.toml"
         cfg.write_text(f"""[daemon]
 state_dir = "{d / 'state'}"
 epoch_secs = 10
@@ -93,7 +99,7 @@ chunk_size = "1MiB"
 socket = "{d / 'vol.sock'}"
 num_queues = 2
 queue_size = 256
-tiering_enabled = {str(len(tiers) > 1).lower()}
+tiering_enabled = {str(tiering).lower()}
 """)
         return cfg, d / "vol.sock", d / "t0" / "extents.dat"
 
@@ -160,7 +166,8 @@ def host_fio(path, job, secs, direct):
 def backing_files(env, name, backing):
     """The files a target's data lives in."""
     if name.startswith("tierblk"):
-        return sorted((env.work / name).glob("t*/extents.dat"))
+        d = "tierblk-3" if name == "tierblk-3-off" else name
+        return sorted((env.work / d).glob("t*/extents.dat"))
     return [Path(backing)]
 
 
@@ -209,6 +216,9 @@ def main():
     jobs = [j for j in args.jobs.split(",")]
     modes = args.modes.split(",")
     targets = args.targets.split(",")
+    for t in targets:
+        if t not in TARGETS + OPTIONAL_TARGETS:
+            sys.exit(f"compare.py: unknown target {t} (known: {', '.join(TARGETS + OPTIONAL_TARGETS)})")
     for j in jobs:
         if j not in JOBS:
             sys.exit(f"compare.py: unknown job {j} (known: {', '.join(JOBS)})")
@@ -224,9 +234,11 @@ def main():
             t1_cfg, t1_sock, backing = env.tierblk_config("tierblk-1", [env.size], direct)
             third = (env.size // 3) // MIB * MIB
             t3_cfg, t3_sock, _ = env.tierblk_config("tierblk-3", [third, third, env.size], direct)
+            t3_off, _, _ = env.tierblk_config("tierblk-3", [third, third, env.size], direct, tiering=False)
             cmds = {
                 "tierblk-1": ([str(env.tierblk), "serve", "--config", str(t1_cfg)], t1_sock),
                 "tierblk-3": ([str(env.tierblk), "serve", "--config", str(t3_cfg)], t3_sock),
+                "tierblk-3-off": ([str(env.tierblk), "serve", "--config", str(t3_off)], t3_sock),
                 "qsd": (["qemu-storage-daemon",
                          "--blockdev", f"driver=file,node-name=file0,filename={backing},aio=io_uring,"
                                        f"cache.direct={'on' if direct else 'off'}",
@@ -239,7 +251,8 @@ def main():
             # target reads real data (and tierblk has allocated every chunk);
             # QSD and fio then use tierblk-1's extent file as the backing file.
             for name in ("tierblk-1", "tierblk-3"):
-                if name in targets or (name == "tierblk-1" and set(targets) & {"qsd", "host-fio"}):
+                if name in targets or (name == "tierblk-1" and set(targets) & {"qsd", "host-fio"}) \
+                        or (name == "tierblk-3" and "tierblk-3-off" in targets):
                     cmd, sock = cmds[name]
                     with Target(cmd, sock, env.work / f"{name}.log") as t:
                         fill = dict(op="write", bs=MIB, qd=8, queues=1)
@@ -307,8 +320,12 @@ def report(samples, jobs, modes, targets):
             ratios.append((job, mode, med))
     print("\nRatios: of the medians; in brackets the median and min–max of the per-round ratios (A and B of")
     print("the same round ran back to back, so a slow drift of the disk or the machine cancels out).")
-    print("\n| job | backing | tierblk-1/QSD | tierblk-1/host fio | tierblk-3/tierblk-1 |")
-    print("|---|---|---|---|---|")
+    pairs = [("tierblk-1", "qsd"), ("tierblk-1", "host-fio"), ("tierblk-3", "tierblk-1")]
+    if "tierblk-3-off" in targets:
+        pairs.append(("tierblk-3", "tierblk-3-off"))
+    names = {"qsd": "QSD", "host-fio": "host fio"}
+    print("\n| job | backing | " + " | ".join(f"{a}/{names.get(b, b)}" for a, b in pairs) + " |")
+    print("|---|---|" + "---|" * len(pairs))
     for job, mode, med in ratios:
         def ratio(a, b):
             if a not in med or b not in med or med[b] <= 0:
@@ -319,9 +336,7 @@ def report(samples, jobs, modes, targets):
                 out += (f" ({statistics.median(per_round):.2f}×, "
                         f"{min(per_round):.2f}–{max(per_round):.2f})")
             return out
-        print(f"| {job} | {mode} | {ratio('tierblk-1', 'qsd')} | {ratio('tierblk-1', 'host-fio')} | "
-              f"{ratio('tierblk-3', 'tierblk-1')} |")
-
+        print(f"| {job} | {mode} | " + " | ".join(ratio(a, b) for a, b in pairs) + " |")
 
 def paired_ratios(samples, job, mode, a, b):
     """IOPS of `a` over `b` for every round both ran in."""
