@@ -261,9 +261,9 @@ fn serve_connection(volume: &Arc<Volume>, listener: &mut Listener) -> Result<(),
     let r = match daemon.wait() {
         // The front-end closing its socket is how a connection ends.
         Ok(())
-        | Err(vhost_user_backend::Error::HandleRequest(
-            vhost::vhost_user::Error::Disconnected,
-        )) => Ok(()),
+        | Err(vhost_user_backend::Error::HandleRequest(vhost::vhost_user::Error::Disconnected)) => {
+            Ok(())
+        }
         Err(e) => Err(e.to_string()),
     };
     info!("volume '{}': client disconnected", volume.name());

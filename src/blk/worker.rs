@@ -119,6 +119,10 @@ pub struct Worker {
     /// later through the eventfd, clamped to ±INLINE_SCORE_MAX: positive
     /// while requests complete at once (page cache), when polling pays.
     inline_score: i32,
+    /// The driver's avail index was more than a queue ahead of what this
+    /// worker popped (a broken or hostile driver), at the last look.
+    avail_bad: bool,
+    avail_bad_logged: bool,
     /// Some tier emulates a slower device: requests are timed (a clock read
     /// at start and finish), otherwise the clock is not read at all.
     timed: bool,
@@ -154,6 +158,8 @@ impl Worker {
             last_end: u64::MAX,
             activity: 0,
             inline_score: 0,
+            avail_bad: false,
+            avail_bad_logged: false,
             timed,
         })
     }
@@ -182,6 +188,16 @@ impl Worker {
                 let _ = vring.disable_notification();
             }
             self.serve_all(vring, memory, &mut mem);
+            if self.avail_bad {
+                // Nothing can be popped, and the re-check below would say
+                // "more" forever: back to the event loop until the driver
+                // kicks again (or resets the queue).
+                if !self.avail_bad_logged {
+                    warn!("queue: driver's avail index is more than a queue ahead; ignoring the queue until it is fixed");
+                    self.avail_bad_logged = true;
+                }
+                break;
+            }
             if !event_idx {
                 break;
             }
@@ -232,6 +248,18 @@ impl Worker {
             signal(vring);
         }
         full
+    }
+
+    /// Serves what is available with `mem` as the snapshot taken at the
+    /// kick, as if the driver changed its memory table after it.
+    #[cfg(test)]
+    pub(super) fn serve_from_snapshot(
+        &mut self,
+        vring: &VringRwLock,
+        memory: &GuestMemoryAtomic<GuestMemory>,
+        mut mem: Arc<GuestMemory>,
+    ) {
+        self.serve_all(vring, memory, &mut mem);
     }
 
     /// Whether `poll` with this window would spin now: polling is on,
@@ -285,9 +313,9 @@ impl Worker {
     }
 
     /// Pops and starts up to `max` available chains; returns whether a
-    /// chain was returned to the driver and whether `max` were popped. `mem`
-    /// is the guest memory the chains' buffers are checked against; it is
-    /// refreshed after each pop.
+    /// chain was returned to the driver and whether more were available.
+    /// `mem` is the guest memory the chains are read through; it is
+    /// refreshed once they are seen published, before they are popped.
     fn pop_batch(
         &mut self,
         vring: &VringRwLock,
@@ -296,24 +324,37 @@ impl Worker {
         max: usize,
     ) -> (bool, bool) {
         let mut used = false;
-        for _ in 0..max {
-            let ring_mem = memory.memory();
-            let chain = vring
-                .get_mut()
-                .get_queue_mut()
-                .pop_descriptor_chain(&*ring_mem);
+        // The avail ring is read through the latest memory table (a driver
+        // that replaced its table must not be read through the old one).
+        refresh(memory, mem);
+        let (available, size) = {
+            let mut guard = vring.get_mut();
+            let queue = guard.get_queue_mut();
+            match queue.avail_idx(&**mem, Ordering::Acquire) {
+                Ok(avail) => (
+                    avail.0.wrapping_sub(queue.next_avail()) as usize,
+                    queue.size() as usize,
+                ),
+                Err(_) => (0, 0),
+            }
+        };
+        self.avail_bad = available > size;
+        if available == 0 || self.avail_bad {
+            return (false, false);
+        }
+        // A driver adds a memory region (acknowledged) before it publishes
+        // a chain that uses it, so a snapshot taken after the chains were
+        // seen published has every region their descriptors, indirect
+        // tables and buffers may use; the one taken at the kick may predate
+        // them (the thread can be preempted between).
+        refresh(memory, mem);
+        let n = available.min(max);
+        for _ in 0..n {
+            let chain = vring.get_mut().get_queue_mut().pop_descriptor_chain(&**mem);
             let Some(chain) = chain else {
                 return (used, false);
             };
             self.activity = self.activity.wrapping_add(1);
-            // A driver adds a memory region (acknowledged) before it
-            // publishes a chain that uses it, so a snapshot taken after the
-            // pop has every region the chain may use; the one taken at the
-            // kick may predate them (the thread can be preempted between).
-            let now = memory.memory();
-            if !std::ptr::eq(&*now, &**mem) {
-                *mem = now.into_inner();
-            }
             let head = chain.head_index();
             let parsed = request::parse(chain, &**mem, self.shared.limits, &mut self.bufs);
             used |= match parsed {
@@ -324,7 +365,7 @@ impl Worker {
                 Ok(req) => self.start(vring, mem, head, req),
             };
         }
-        (used, true)
+        (used, available > n)
     }
 
     /// Starts a request; returns true if it completed at once.
@@ -755,6 +796,14 @@ fn push(ring: &mut IoUring, sqe: &squeue::Entry) {
             warn!("io_uring submit: {e}");
             std::thread::yield_now();
         }
+    }
+}
+
+/// Points `mem` at the current guest memory table.
+fn refresh(memory: &GuestMemoryAtomic<GuestMemory>, mem: &mut Arc<GuestMemory>) {
+    let now = memory.memory();
+    if !std::ptr::eq(&*now, &**mem) {
+        *mem = now.into_inner();
     }
 }
 

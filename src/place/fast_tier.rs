@@ -101,8 +101,7 @@ impl FastTier {
     /// Accesses to chunks that are not resident are ignored.
     pub fn touch(&mut self, chunk: u32) {
         if self.contains(chunk) {
-            self.recency.unlink(chunk);
-            self.recency.push_front(chunk);
+            self.recency.touch(chunk);
         }
     }
 

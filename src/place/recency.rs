@@ -55,6 +55,14 @@ impl RecencyList {
         }
     }
 
+    /// Makes `c`, which must be in the list, the most recently used.
+    pub fn touch(&mut self, c: u32) {
+        if self.head != c {
+            self.unlink(c);
+            self.push_front(c);
+        }
+    }
+
     /// The least recently used chunk.
     pub fn lru(&self) -> Option<u32> {
         (self.tail != NIL).then_some(self.tail)
@@ -84,8 +92,9 @@ mod tests {
             l.push_front(c);
         }
         assert_eq!(l.iter_lru().collect::<Vec<_>>(), vec![1, 2, 3]);
-        l.unlink(1);
-        l.push_front(1);
+        l.touch(1);
+        assert_eq!(l.iter_lru().collect::<Vec<_>>(), vec![2, 3, 1]);
+        l.touch(1);
         assert_eq!(l.iter_lru().collect::<Vec<_>>(), vec![2, 3, 1]);
         l.unlink(3);
         assert_eq!(l.iter_lru().collect::<Vec<_>>(), vec![2, 1]);

@@ -260,16 +260,16 @@ impl Policy for Lru {
         sim.serve(a);
         let c = a.chunk;
         if sim.tier_of[c as usize] == 0 {
-            self.list.unlink(c);
-        } else {
-            if !sim.has_room(0) {
-                let victim = self.list.lru().expect("a full tier 0 has residents");
-                self.list.unlink(victim);
-                let to = sim.slowest();
-                sim.move_chunk(victim, to);
-            }
-            sim.move_chunk(c, 0);
+            self.list.touch(c);
+            return;
         }
+        if !sim.has_room(0) {
+            let victim = self.list.lru().expect("a full tier 0 has residents");
+            self.list.unlink(victim);
+            let to = sim.slowest();
+            sim.move_chunk(victim, to);
+        }
+        sim.move_chunk(c, 0);
         self.list.push_front(c);
     }
 }
