@@ -471,3 +471,26 @@ fn avail_index_more_than_a_queue_ahead_does_not_spin_the_worker() {
     );
     handle.join().unwrap();
 }
+
+#[test]
+fn avail_ring_running_off_guest_memory_does_not_spin_the_worker() {
+    // The avail ring's header (flags, index) is the last 4 bytes of guest
+    // memory, its entries lie beyond: a published chain cannot be read.
+    let mut r = Rig::new();
+    let avail = GuestAddress(MEM_SIZE - 4);
+    r.vring
+        .set_queue_info(r.q.desc_table_addr().0, avail.0, r.q.used_addr().0)
+        .unwrap();
+    r.mem.write_obj(1u16, avail.unchecked_add(2)).unwrap();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let mem = GuestMemoryAtomic::new(r.mem.clone());
+    let handle = std::thread::spawn(move || {
+        r.worker.process_queue(&r.vring, &mem, true);
+        done_tx.send(()).unwrap();
+    });
+    assert!(
+        done_rx.recv_timeout(Duration::from_secs(5)).is_ok(),
+        "process_queue did not return"
+    );
+    handle.join().unwrap();
+}

@@ -119,8 +119,9 @@ pub struct Worker {
     /// later through the eventfd, clamped to ±INLINE_SCORE_MAX: positive
     /// while requests complete at once (page cache), when polling pays.
     inline_score: i32,
-    /// The driver's avail index was more than a queue ahead of what this
-    /// worker popped (a broken or hostile driver), at the last look.
+    /// At the last look the driver's avail ring could not be served: its
+    /// index more than a queue ahead of what this worker popped, or an
+    /// entry outside guest memory (a broken or hostile driver).
     avail_bad: bool,
     avail_bad_logged: bool,
     /// Some tier emulates a slower device: requests are timed (a clock read
@@ -193,7 +194,7 @@ impl Worker {
                 // "more" forever: back to the event loop until the driver
                 // kicks again (or resets the queue).
                 if !self.avail_bad_logged {
-                    warn!("queue: driver's avail index is more than a queue ahead; ignoring the queue until it is fixed");
+                    warn!("queue: the driver's avail ring is broken (index more than a queue ahead, or entries outside guest memory); serving nothing until it is fixed");
                     self.avail_bad_logged = true;
                 }
                 break;
@@ -352,6 +353,9 @@ impl Worker {
         for _ in 0..n {
             let chain = vring.get_mut().get_queue_mut().pop_descriptor_chain(&**mem);
             let Some(chain) = chain else {
+                // Published but unreadable (the avail ring runs off guest
+                // memory): as broken as an index too far ahead.
+                self.avail_bad = true;
                 return (used, false);
             };
             self.activity = self.activity.wrapping_add(1);
