@@ -494,3 +494,22 @@ fn avail_ring_running_off_guest_memory_does_not_spin_the_worker() {
     );
     handle.join().unwrap();
 }
+
+#[test]
+fn head_index_beyond_the_queue_is_dropped_and_the_queue_keeps_serving() {
+    let mut r = Rig::new();
+    let avail = r.q.avail_addr();
+    let idx: u16 = r.mem.read_obj(avail.unchecked_add(2)).unwrap();
+    let slot = avail.unchecked_add(4 + 2 * (idx % QSIZE) as u64);
+    r.mem.write_obj(QSIZE + 3, slot).unwrap();
+    r.mem
+        .write_obj(idx.wrapping_add(1), avail.unchecked_add(2))
+        .unwrap();
+    let mem = GuestMemoryAtomic::new(r.mem.clone());
+    r.worker.process_queue(&r.vring, &mem, false);
+    let used: u16 = r.mem.read_obj(r.q.used_addr().unchecked_add(2)).unwrap();
+    assert_eq!(used, 0, "a head the queue cannot hold is not returned");
+    r.header(VIRTIO_BLK_T_IN, 0);
+    let rd = [(HDR, 16, false), (DATA, 512, true), (STATUS, 1, true)];
+    assert_eq!(r.submit(&rd), (513, OK));
+}

@@ -6,7 +6,7 @@
 use std::{
     os::fd::AsRawFd,
     sync::{
-        atomic::{fence, AtomicBool, AtomicUsize, Ordering},
+        atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering},
         Arc,
     },
     time::{Duration, Instant},
@@ -841,11 +841,22 @@ fn complete_now(
         }
     }
     if let Err(e) = vring.add_used(head, len) {
-        warn!("queue: add_used({head}): {e}");
+        // A driver decides the head (one beyond the queue size cannot be
+        // returned): logged at the 1st, 2nd, 4th, 8th … time, so a hostile
+        // one cannot fill the log.
+        let n = ADD_USED_ERRORS.fetch_add(1, Ordering::Relaxed) + 1;
+        if n.is_power_of_two() {
+            warn!("queue: add_used({head}): {e} ({n} such errors so far)");
+        } else {
+            debug!("queue: add_used({head}): {e}");
+        }
         return false;
     }
     true
 }
+
+/// Chains that could not be returned to their driver, over all queues.
+static ADD_USED_ERRORS: AtomicU64 = AtomicU64::new(0);
 
 fn signal(vring: &VringRwLock) {
     match vring.needs_notification() {
