@@ -663,16 +663,21 @@ impl Worker {
         }
         let slot = &mut self.slots[idx as usize];
         if res < 0 {
-            warn!(
-                "volume '{}': {} failed: {}",
-                self.shared.volume.name(),
-                if slot.kind == Kind::Write {
-                    "write"
-                } else {
-                    "read"
-                },
-                std::io::Error::from_raw_os_error(-res)
-            );
+            let n = IO_ERRORS.fetch_add(1, Ordering::Relaxed) + 1;
+            // A failing tier device fails every request: logged at the 1st,
+            // 2nd, 4th … error, with the count.
+            if n.is_power_of_two() {
+                warn!(
+                    "volume '{}': {} failed: {} ({n} I/O errors so far)",
+                    self.shared.volume.name(),
+                    if slot.kind == Kind::Write {
+                        "write"
+                    } else {
+                        "read"
+                    },
+                    std::io::Error::from_raw_os_error(-res)
+                );
+            }
             slot.failed = true;
         } else {
             slot.done += res as u64;
@@ -857,6 +862,8 @@ fn complete_now(
 
 /// Chains that could not be returned to their driver, over all queues.
 static ADD_USED_ERRORS: AtomicU64 = AtomicU64::new(0);
+/// Failed tier reads and writes, over all queues and volumes.
+static IO_ERRORS: AtomicU64 = AtomicU64::new(0);
 
 fn signal(vring: &VringRwLock) {
     match vring.needs_notification() {
