@@ -121,6 +121,16 @@ impl Rig {
         self.mem.write_slice(&h, GuestAddress(HDR)).unwrap();
     }
 
+    /// Writes 4 KiB of `byte` at `sector` through the queue; asserts OK.
+    fn write_4k(&mut self, sector: u64, byte: u8) {
+        self.mem
+            .write_slice(&[byte; 4096], GuestAddress(DATA))
+            .unwrap();
+        self.header(VIRTIO_BLK_T_OUT, sector);
+        let w = [(HDR, 16, false), (DATA, 4096, false), (STATUS, 1, true)];
+        assert_eq!(self.submit(&w), (1, OK));
+    }
+
     /// Submits a chain of (addr, len, device-writable) and returns the used
     /// length and the status byte once the request completes.
     fn submit(&mut self, descs: &[(u64, u32, bool)]) -> (u32, u8) {
@@ -383,10 +393,7 @@ fn write_through_mode_makes_each_write_durable_before_completion() {
 #[test]
 fn polling_without_event_idx_leaves_the_driver_kicking() {
     let mut r = Rig::new();
-    r.mem.write_slice(&[7u8; 4096], GuestAddress(DATA)).unwrap();
-    r.header(VIRTIO_BLK_T_OUT, 8);
-    let w = [(HDR, 16, false), (DATA, 4096, false), (STATUS, 1, true)];
-    assert_eq!(r.submit(&w), (1, OK));
+    r.write_4k(8, 7);
     r.header(VIRTIO_BLK_T_IN, 8);
     let rd = [(HDR, 16, false), (DATA, 4096, true), (STATUS, 1, true)];
     for _ in 0..4 {
@@ -416,10 +423,7 @@ fn chain_in_a_region_added_after_the_kick_is_served() {
     // table and data buffer live in it: the chain must be read through the
     // current table, not failed.
     let mut r = Rig::new();
-    r.mem.write_slice(&[9u8; 4096], GuestAddress(DATA)).unwrap();
-    r.header(VIRTIO_BLK_T_OUT, 16);
-    let w = [(HDR, 16, false), (DATA, 4096, false), (STATUS, 1, true)];
-    assert_eq!(r.submit(&w), (1, OK));
+    r.write_4k(16, 9);
 
     const HIGH: u64 = MEM_SIZE;
     let region = GuestRegionMmap::from_range(GuestAddress(HIGH), 0x10_000, None).unwrap();

@@ -663,10 +663,8 @@ impl Worker {
         }
         let slot = &mut self.slots[idx as usize];
         if res < 0 {
-            let n = IO_ERRORS.fetch_add(1, Ordering::Relaxed) + 1;
-            // A failing tier device fails every request: logged at the 1st,
-            // 2nd, 4th … error, with the count.
-            if n.is_power_of_two() {
+            // A failing tier device fails every request.
+            if let Some(n) = count_for_log(&IO_ERRORS) {
                 warn!(
                     "volume '{}': {} failed: {} ({n} I/O errors so far)",
                     self.shared.volume.name(),
@@ -847,10 +845,8 @@ fn complete_now(
     }
     if let Err(e) = vring.add_used(head, len) {
         // A driver decides the head (one beyond the queue size cannot be
-        // returned): logged at the 1st, 2nd, 4th, 8th … time, so a hostile
-        // one cannot fill the log.
-        let n = ADD_USED_ERRORS.fetch_add(1, Ordering::Relaxed) + 1;
-        if n.is_power_of_two() {
+        // returned): a hostile one must not fill the log.
+        if let Some(n) = count_for_log(&ADD_USED_ERRORS) {
             warn!("queue: add_used({head}): {e} ({n} such errors so far)");
         } else {
             debug!("queue: add_used({head}): {e}");
@@ -858,6 +854,14 @@ fn complete_now(
         return false;
     }
     true
+}
+
+/// Counts one more error in `counter`; returns the count when it should be
+/// logged: at the 1st, 2nd, 4th, 8th … occurrence, so an error that repeats
+/// per request leaves a few lines with its growing count.
+fn count_for_log(counter: &AtomicU64) -> Option<u64> {
+    let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
+    n.is_power_of_two().then_some(n)
 }
 
 /// Chains that could not be returned to their driver, over all queues.
