@@ -37,8 +37,8 @@ socket = "/tmp/unused.sock"
         dir.display()
     ))
     .unwrap();
-    let tiers = Arc::new(TierSet::open(&cfg.tiers).unwrap());
     let store = Arc::new(Store::open(&dir.join("state")).unwrap());
+    let tiers = Arc::new(TierSet::open(&cfg.tiers, &store).unwrap());
     let v = Arc::new(Volume::open(cfg.volumes[0].clone(), tiers, store).unwrap());
     // Allocate every chunk so lookups find extents.
     for c in 0..v.chunk_count() as u64 {

@@ -103,16 +103,68 @@ impl FromStr for ByteSize {
 
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Int(u64),
-            Str(String),
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a size: a number of bytes or a string such as \"64KiB\" or \"10GiB\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> std::result::Result<ByteSize, E> {
+                Ok(ByteSize(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> std::result::Result<ByteSize, E> {
+                u64::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom(format!("{v} is negative; a size is 0 or more bytes")))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> std::result::Result<ByteSize, E> {
+                Err(E::custom(format!(
+                    "{v} is not a whole number of bytes (write e.g. \"1536KiB\")"
+                )))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<ByteSize, E> {
+                v.parse().map_err(E::custom)
+            }
         }
-        match Raw::deserialize(d)? {
-            Raw::Int(n) => Ok(ByteSize(n)),
-            Raw::Str(s) => s.parse().map_err(serde::de::Error::custom),
-        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// File mode bits of the volume sockets, written in TOML as an octal
+/// string ("0660").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketMode(pub u32);
+
+impl Default for SocketMode {
+    fn default() -> Self {
+        Self(0o600)
+    }
+}
+
+impl fmt::Display for SocketMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:04o}", self.0)
+    }
+}
+
+impl Serialize for SocketMode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for SocketMode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        u32::from_str_radix(s.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .map(SocketMode)
+            .ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "socket_mode '{s}': expected an octal mode such as \"0600\" or \"0660\""
+                ))
+            })
     }
 }
 
@@ -284,6 +336,17 @@ impl VolumeMetadata {
 fn default_epoch_secs() -> f64 {
     10.0
 }
+/// Longest profiling interval accepted: a day.
+pub const MAX_EPOCH_SECS: f64 = 86_400.0;
+/// Fastest migration rate accepted (MiB/s): beyond any device today.
+pub const MAX_MIGRATION_MIBPS: f64 = 1_000_000.0;
+/// Most chunks a volume may have. Each chunk costs about 93 bytes of daemon
+/// memory (chunk map word, score, counters, history), so this ceiling keeps
+/// one volume's metadata under about 780 MB: 512 GiB at 64 KiB chunks,
+/// 8 TiB at 1 MiB chunks, 512 TiB at 64 MiB chunks.
+pub const MAX_CHUNKS: u64 = 1 << 23;
+/// Longest socket path a Unix socket address holds (sun_path, with its NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
 fn default_migration_mibps() -> f64 {
     64.0
 }
@@ -305,6 +368,14 @@ pub struct DaemonSettings {
     /// limit).
     #[serde(default = "default_migration_mibps")]
     pub migration_mibps: f64,
+    /// Mode of the volume sockets (octal string); other users never get
+    /// access. A QEMU that runs as another user (libvirt's qemu user) needs
+    /// "0660" and `socket_group`.
+    #[serde(default)]
+    pub socket_mode: SocketMode,
+    /// Group (name or gid) the volume sockets belong to.
+    #[serde(default)]
+    pub socket_group: Option<String>,
 }
 
 impl Default for DaemonSettings {
@@ -313,6 +384,8 @@ impl Default for DaemonSettings {
             state_dir: default_state_dir(),
             epoch_secs: default_epoch_secs(),
             migration_mibps: default_migration_mibps(),
+            socket_mode: SocketMode::default(),
+            socket_group: None,
         }
     }
 }
@@ -337,26 +410,32 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        let mut cfg = Self::parse(&text).map_err(|e| match e {
+        let with_path = |e: Error| match e {
             Error::Parse { message, .. } => Error::Parse {
                 path: path.to_path_buf(),
                 message,
             },
             other => other,
-        })?;
+        };
+        let mut cfg = Self::from_toml(&text).map_err(with_path)?;
         let base = path.parent().unwrap_or(Path::new("."));
         cfg.resolve_relative_paths(base);
+        cfg.validate()?;
         Ok(cfg)
     }
 
     /// Parses and validates TOML text.
     pub fn parse(text: &str) -> Result<Self> {
-        let cfg: Config = toml::from_str(text).map_err(|e| Error::Parse {
-            path: PathBuf::from("<inline>"),
-            message: e.to_string(),
-        })?;
+        let cfg = Self::from_toml(text)?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    fn from_toml(text: &str) -> Result<Self> {
+        toml::from_str(text).map_err(|e| Error::Parse {
+            path: PathBuf::from("<inline>"),
+            message: e.to_string(),
+        })
     }
 
     fn resolve_relative_paths(&mut self, base: &Path) {
@@ -374,6 +453,11 @@ impl Config {
             if let Some(p) = v.domain_xml.as_mut() {
                 fix(p);
             }
+            if !crate::predict::is_builtin(&v.prediction_model) {
+                let mut p = PathBuf::from(&v.prediction_model);
+                fix(&mut p);
+                v.prediction_model = p.to_string_lossy().into_owned();
+            }
         }
     }
 
@@ -385,19 +469,34 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<()> {
-        if !(self.daemon.epoch_secs.is_finite() && self.daemon.epoch_secs > 0.0) {
+        let e = self.daemon.epoch_secs;
+        if !(e.is_finite() && e > 0.0 && e <= MAX_EPOCH_SECS) {
             return Err(invalid(
                 "daemon.epoch_secs",
-                self.daemon.epoch_secs,
-                "must be a positive number of seconds",
+                e,
+                format!("must be a number of seconds in (0, {MAX_EPOCH_SECS}]"),
             ));
         }
         let m = self.daemon.migration_mibps;
-        if !(m.is_finite() && m >= 0.0) {
+        if !(m.is_finite() && (0.0..=MAX_MIGRATION_MIBPS).contains(&m)) {
             return Err(invalid(
                 "daemon.migration_mibps",
                 m,
-                "must be a non-negative number of MiB/s",
+                format!("must be a number of MiB/s in [0, {MAX_MIGRATION_MIBPS}] (0 = no limit)"),
+            ));
+        }
+        if self.daemon.socket_mode.0 & 0o007 != 0 {
+            return Err(invalid(
+                "daemon.socket_mode",
+                self.daemon.socket_mode,
+                "must not give other users access (use socket_group for QEMU's group)",
+            ));
+        }
+        if self.daemon.socket_group.as_deref() == Some("") {
+            return Err(invalid(
+                "daemon.socket_group",
+                "\"\"",
+                "must name a group or be left out",
             ));
         }
         let mut ids = HashSet::new();
@@ -410,6 +509,20 @@ impl Config {
             }
             if !names.insert(t.name.as_str()) {
                 return Err(invalid(key("name"), &t.name, "duplicate tier name"));
+            }
+            if let Some((j, other)) = self.tiers[..i]
+                .iter()
+                .enumerate()
+                .find(|(_, o)| same_path(&o.path, &t.path))
+            {
+                return Err(invalid(
+                    key("path"),
+                    t.path.display(),
+                    format!(
+                        "already the path of tier[{j}] ('{}'); each tier needs its own device",
+                        other.name
+                    ),
+                ));
             }
         }
         let mut vnames = HashSet::new();
@@ -435,9 +548,35 @@ impl Config {
     }
 }
 
+/// Two spellings of one path ("a/./b", "a//b", a symlink) are one path.
+fn same_path(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a.components().eq(b.components()),
+    }
+}
+
 fn validate_tier(t: &TierDefinition, key: &dyn Fn(&str) -> String) -> Result<()> {
     if t.name.is_empty() || t.name.len() > 64 {
         return Err(invalid(key("name"), &t.name, "must be 1..=64 characters"));
+    }
+    if t.tier_id > crate::volume::chunk_map::MAX_TIER_ID {
+        return Err(invalid(
+            key("tier_id"),
+            t.tier_id,
+            format!(
+                "must be 0..={} (the chunk map encodes at most {} tiers)",
+                crate::volume::chunk_map::MAX_TIER_ID,
+                crate::volume::chunk_map::MAX_TIER_ID as u32 + 1
+            ),
+        ));
+    }
+    if !t.capacity.0.is_multiple_of(crate::tier::UNIT_BYTES) {
+        return Err(invalid(
+            key("capacity"),
+            t.capacity,
+            "must be a multiple of 64KiB",
+        ));
     }
     if t.capacity.0 == 0 {
         return Err(invalid(
@@ -499,11 +638,24 @@ fn validate_volume(
             "must be a non-zero multiple of 512 bytes",
         ));
     }
-    if v.chunk_count() > u32::MAX as u64 {
+    if v.chunk_count() > MAX_CHUNKS {
         return Err(invalid(
             key("size"),
             v.size,
-            "too many chunks for this chunk_size",
+            format!(
+                "{} chunks of {}; at most {MAX_CHUNKS} per volume (about 93 bytes of daemon memory each): use a larger chunk_size (at most {} with this one)",
+                v.chunk_count(),
+                v.chunk_size,
+                ByteSize(MAX_CHUNKS * v.chunk_size.0)
+            ),
+        ));
+    }
+    let sock = v.socket.as_os_str().len();
+    if sock > MAX_SOCKET_PATH {
+        return Err(invalid(
+            key("socket"),
+            v.socket.display(),
+            format!("{sock} bytes long; a Unix socket path holds at most {MAX_SOCKET_PATH}"),
         ));
     }
     if v.num_queues == 0 || v.num_queues > MAX_QUEUES {
@@ -651,5 +803,53 @@ tiering_policy = "cost-optimized"
     fn negative_cost_is_rejected() {
         let e = err_of(&GOOD.replace("0.20", "-1.0"));
         assert!(e.contains("cost_per_gb") && e.contains("-1"), "{e}");
+    }
+
+    #[test]
+    fn tier_ids_the_chunk_map_cannot_encode_are_rejected() {
+        let e = err_of(&GOOD.replace("tier_id = 1", "tier_id = 16"));
+        assert!(e.contains("tier_id = 16") && e.contains("0..=15"), "{e}");
+    }
+
+    #[test]
+    fn two_tiers_on_one_path_are_rejected() {
+        let e = err_of(&GOOD.replace("/tmp/t1", "/tmp/./t0"));
+        assert!(e.contains("path") && e.contains("tier[0]"), "{e}");
+    }
+
+    #[test]
+    fn out_of_range_numbers_are_errors_not_panics() {
+        let e = err_of(&GOOD.replace("state_dir", "epoch_secs = 1e20\nstate_dir"));
+        assert!(e.contains("epoch_secs = 100000000000000000000"), "{e}");
+        let e = err_of(&GOOD.replace("size = \"2GiB\"", "size = \"200TiB\""));
+        assert!(
+            e.contains("size = 200TiB") && e.contains("chunk_size"),
+            "{e}"
+        );
+        let e = err_of(&GOOD.replace("size = \"2GiB\"", "size = -5"));
+        assert!(e.contains("-5 is negative"), "{e}");
+        let e = err_of(&GOOD.replace("size = \"2GiB\"", "size = 1.5"));
+        assert!(e.contains("whole number"), "{e}");
+    }
+
+    #[test]
+    fn socket_paths_no_client_can_reach_are_rejected() {
+        let long = format!("/tmp/{}.sock", "x".repeat(110));
+        let e = err_of(&GOOD.replace("/tmp/vm1.sock", &long));
+        assert!(e.contains("socket") && e.contains("at most 107"), "{e}");
+    }
+
+    #[test]
+    fn socket_mode_never_opens_to_other_users() {
+        let e = err_of(&GOOD.replace("state_dir", "socket_mode = \"0666\"\nstate_dir"));
+        assert!(
+            e.contains("socket_mode = 0666") && e.contains("other users"),
+            "{e}"
+        );
+        let e = err_of(&GOOD.replace("state_dir", "socket_mode = \"rw\"\nstate_dir"));
+        assert!(e.contains("octal"), "{e}");
+        let c =
+            Config::parse(&GOOD.replace("state_dir", "socket_mode = \"0660\"\nstate_dir")).unwrap();
+        assert_eq!(c.daemon.socket_mode, SocketMode(0o660));
     }
 }

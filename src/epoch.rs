@@ -275,8 +275,8 @@ mod tests {
             "[[volume]]\nname = \"v\"\nsize = \"2MiB\"\nchunk_size = \"64KiB\"\nsocket = \"/tmp/unused\"\n{volume_extra}\n"
         );
         let cfg = Config::parse(&s).unwrap();
-        let tiers = Arc::new(TierSet::open(&cfg.tiers).unwrap());
         let store = Arc::new(Store::open(&dir.join("state")).unwrap());
+        let tiers = Arc::new(TierSet::open(&cfg.tiers, &store).unwrap());
         Arc::new(Volume::open(cfg.volumes[0].clone(), tiers, store).unwrap())
     }
 

@@ -31,16 +31,39 @@ enum Command {
         #[arg(long)]
         create_dirs: bool,
     },
-    /// Check a config file and print it with all defaults filled in.
+    /// Check a config file as `serve` would (models, VM profiles, and the
+    /// metadata store and tier devices when they exist), without creating or
+    /// changing anything; print it with all defaults filled in.
     CheckConfig {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Volumes in the metadata store (the daemon must not be running).
+    #[command(subcommand)]
+    Volume(VolumeCommand),
     /// Replay a block trace through profiler → predictor → placement with a
     /// simulated clock, and compare with reference policies.
     Replay(ReplayArgs),
     /// Train a learned predictor on block traces and write a model file.
     Train(TrainArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum VolumeCommand {
+    /// List the stored volumes and whether the config serves them.
+    List {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Delete a stored volume that is no longer in the config: its chunk
+    /// map and heat map go in one durable transaction, and its extents are
+    /// free for other volumes from the next start. Its data is gone.
+    Delete {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Name of the volume.
+        name: String,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -157,10 +180,31 @@ fn run(cli: Cli) -> tierblk::Result<()> {
         }
         Command::CheckConfig { config } => {
             let cfg = Config::load(&config)?;
+            for note in daemon::check(&cfg)? {
+                eprintln!("note: {note}");
+            }
             print!(
                 "{}",
                 toml::to_string_pretty(&cfg).expect("a loaded config serializes")
             );
+            Ok(())
+        }
+        Command::Volume(VolumeCommand::List { config }) => {
+            let cfg = Config::load(&config)?;
+            for (name, size, served) in daemon::list_volumes(&cfg)? {
+                let state = if served {
+                    "in config"
+                } else {
+                    "not in config (kept, not served)"
+                };
+                println!("{name}\t{size}\t{state}");
+            }
+            Ok(())
+        }
+        Command::Volume(VolumeCommand::Delete { config, name }) => {
+            let cfg = Config::load(&config)?;
+            daemon::delete_volume(&cfg, &name)?;
+            eprintln!("volume '{name}' deleted");
             Ok(())
         }
         Command::Replay(a) => {

@@ -67,8 +67,8 @@ serial = "serial-0123"
         dir.display()
     ))
     .unwrap();
-    let tiers = Arc::new(TierSet::open(&cfg.tiers).unwrap());
     let store = Arc::new(Store::open(&dir.join("state")).unwrap());
+    let tiers = Arc::new(TierSet::open(&cfg.tiers, &store).unwrap());
     Arc::new(Volume::open(cfg.volumes[0].clone(), tiers, store).unwrap())
 }
 

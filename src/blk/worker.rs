@@ -77,6 +77,9 @@ struct Slot {
     /// Set while the request syncs the tier devices (FLUSH, or a write in
     /// write-through mode): the chunk-map changes to commit afterwards.
     ticket: Option<FlushTicket>,
+    /// Tiers (bit per id) this request syncs; handed back to the volume if
+    /// the sync fails, so the next flush tries them again.
+    synced: u32,
 }
 
 impl Slot {
@@ -97,6 +100,7 @@ impl Slot {
             started: Instant::now(),
             timer: types::Timespec::new(),
             ticket: None,
+            synced: 0,
         }
     }
 }
@@ -533,6 +537,7 @@ impl Worker {
                                 && (v.iov_len as u64).is_multiple_of(DIRECT_ALIGN)
                         });
                     let fd = types::Fd(t.fd(direct));
+                    let offset = t.device_offset(offset);
                     let sqe = match (iov, write) {
                         // One buffer (the common 4k request): plain
                         // read/write, which spares the kernel copying and
@@ -562,15 +567,21 @@ impl Worker {
         }
     }
 
-    /// Starts syncing every tier device for a flush: the chunk-map changes
-    /// made so far are committed once the syncs complete.
+    /// Starts syncing the tier devices the volume wrote to since their last
+    /// sync: the chunk-map changes made so far are committed once the syncs
+    /// complete.
     fn submit_sync(&mut self, idx: u16) {
         let volume = &self.shared.volume;
         let slot = &mut self.slots[idx as usize];
         slot.ticket = Some(volume.flush_ticket());
         slot.expect = 0;
         slot.done = 0;
-        for t in volume.tiers().iter() {
+        // Written data is marked at completion (this request's own data, in
+        // write-through mode, just now), so every write completed before
+        // this point is in the mask.
+        volume.note_written(&slot.segs);
+        slot.synced = volume.take_unsynced();
+        for t in volume.tiers_in(slot.synced) {
             let sqe = opcode::Fsync::new(types::Fd(t.fd(false)))
                 .flags(types::FsyncFlags::DATASYNC)
                 .build()
@@ -708,6 +719,8 @@ impl Worker {
                     warn!("{e}");
                     slot.failed = true;
                 }
+            } else {
+                self.shared.volume.restore_unsynced(slot.synced);
             }
         } else if (slot.kind == Kind::Flush
             || (write && !self.shared.writeback.load(Ordering::Relaxed)))

@@ -2,14 +2,28 @@
 //! maps and saved heat maps. Every commit is durable when it returns; extent
 //! allocations are not stored but rebuilt from the chunk maps at start, so
 //! an extent no map references is free after a restart.
+//!
+//! The store is the source of truth for what exists (DESIGN decision 8):
+//! a volume it holds is never dropped because the config no longer names
+//! it, and a tier is known by the UUID in its device header.
 
-use std::path::{Path, PathBuf};
+use std::{
+    fs::OpenOptions,
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
+    path::{Path, PathBuf},
+};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::{Deserialize, Serialize};
 
 use crate::config::{TierDefinition, VolumeMetadata};
 
-const TIERS: TableDefinition<u8, &str> = TableDefinition::new("tiers");
+/// Store layout version; a store without it was written before tiers had
+/// identities.
+const FORMAT_VERSION: u64 = 2;
+const FORMAT: TableDefinition<&str, u64> = TableDefinition::new("format");
+/// tier name → TierRecord (JSON).
+const TIERS: TableDefinition<&str, &str> = TableDefinition::new("tier_records");
 const VOLUMES: TableDefinition<&str, &str> = TableDefinition::new("volumes");
 /// (volume name, chunk index) → persistent chunk-map entry.
 const CHUNKS: TableDefinition<(&str, u32), u64> = TableDefinition::new("chunks");
@@ -23,6 +37,10 @@ pub const STORE_FILE: &str = "meta.redb";
 pub enum Error {
     #[error("metadata store {path}: {source}")]
     Db { path: PathBuf, source: redb::Error },
+    #[error("metadata store {path} is in use by another process (is another tierblk running with this state_dir?)")]
+    Busy { path: PathBuf },
+    #[error("metadata store {path}: {reason}")]
+    Format { path: PathBuf, reason: String },
     #[error("metadata store {path}: corrupt record for {what}: {reason}")]
     Corrupt {
         path: PathBuf,
@@ -33,36 +51,108 @@ pub enum Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// What the store knows of a tier: its definition as last opened and the
+/// UUID its device header carries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TierRecord {
+    pub uuid: String,
+    pub definition: TierDefinition,
+}
+
 #[derive(Debug)]
 pub struct Store {
     db: Database,
     path: PathBuf,
+    /// The store file was created (or found empty) by this open.
+    fresh: bool,
 }
 
 impl Store {
-    /// Opens the store in `state_dir`, creating directory and file if needed.
+    /// Opens the store in `state_dir`, creating directory (0700) and file
+    /// (0600) if needed. Another process holding the store is refused.
     pub fn open(state_dir: &Path) -> Result<Self> {
         let path = state_dir.join(STORE_FILE);
-        let db_err = |e: redb::Error| Error::Db {
+        let io_err = |e: std::io::Error| Error::Db {
             path: path.clone(),
-            source: e,
+            source: redb::Error::Io(e),
         };
-        std::fs::create_dir_all(state_dir).map_err(|e| db_err(redb::Error::Io(e)))?;
-        let db = Database::create(&path).map_err(|e| db_err(e.into()))?;
-        let s = Self { db, path };
-        // Create the tables so read transactions find them.
-        s.write(|tx| {
+        if !state_dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(state_dir)
+                .map_err(io_err)?;
+        }
+        // Create the file ourselves so it is never readable by others, not
+        // even for a moment; redb initialises an empty file.
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io_err)?;
+        let meta = file.metadata().map_err(io_err)?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))
+                .map_err(io_err)?;
+        }
+        let fresh = meta.len() == 0;
+        drop(file);
+        let db = redb::Builder::new()
+            .set_check_integrity_on_open(true)
+            .create(&path)
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => Error::Busy { path: path.clone() },
+                e => Error::Db {
+                    path: path.clone(),
+                    source: e.into(),
+                },
+            })?;
+        let s = Self { db, path, fresh };
+        s.check_format()?;
+        Ok(s)
+    }
+
+    /// Creates the tables (so read transactions find them) and checks or
+    /// stamps the layout version.
+    fn check_format(&self) -> Result<()> {
+        let found = self.write(|tx| {
             tx.open_table(TIERS)?;
             tx.open_table(VOLUMES)?;
             tx.open_table(CHUNKS)?;
             tx.open_table(HEATMAPS)?;
-            Ok(())
+            let mut f = tx.open_table(FORMAT)?;
+            let found = f.get("version")?.map(|v| v.value());
+            let volumes = tx.open_table(VOLUMES)?.len()?;
+            if found.is_none() && volumes == 0 {
+                f.insert("version", FORMAT_VERSION)?;
+                return Ok(Some(FORMAT_VERSION));
+            }
+            Ok(found)
         })?;
-        Ok(s)
+        match found {
+            Some(FORMAT_VERSION) => Ok(()),
+            Some(v) => Err(Error::Format {
+                path: self.path.clone(),
+                reason: format!("layout version {v} is not supported (this tierblk uses version {FORMAT_VERSION})"),
+            }),
+            None => Err(Error::Format {
+                path: self.path.clone(),
+                reason: "written by an older tierblk whose tiers had no identity header; its volumes cannot be opened safely by this version".into(),
+            }),
+        }
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// True when this open created the store (or found its file empty):
+    /// nothing was ever recorded in it.
+    pub fn is_fresh(&self) -> bool {
+        self.fresh
     }
 
     fn err(&self, e: impl Into<redb::Error>) -> Error {
@@ -83,15 +173,8 @@ impl Store {
         Ok(v)
     }
 
-    pub fn put_tier(&self, t: &TierDefinition) -> Result<()> {
-        let json = serde_json::to_string(t).expect("tier definitions serialize");
-        self.write(|tx| {
-            tx.open_table(TIERS)?.insert(t.tier_id, json.as_str())?;
-            Ok(())
-        })
-    }
-
-    pub fn tiers(&self) -> Result<Vec<TierDefinition>> {
+    /// Every tier the store knows.
+    pub fn tiers(&self) -> Result<Vec<TierRecord>> {
         let tx = self.db.begin_read().map_err(|e| self.err(e))?;
         let table = tx.open_table(TIERS).map_err(|e| self.err(e))?;
         let mut out = Vec::new();
@@ -99,9 +182,74 @@ impl Store {
             let (k, v) = row.map_err(|e| self.err(e))?;
             out.push(serde_json::from_str(v.value()).map_err(|e| Error::Corrupt {
                 path: self.path.clone(),
-                what: format!("tier {}", k.value()),
+                what: format!("tier '{}'", k.value()),
                 reason: e.to_string(),
             })?);
+        }
+        Ok(out)
+    }
+
+    /// Replaces the tier records with `records` and, in the same durable
+    /// transaction, rewrites every stored chunk-map entry through `remap`
+    /// (tier renumbering): either both happen or neither.
+    pub fn replace_tiers(
+        &self,
+        records: &[TierRecord],
+        remap: Option<&dyn Fn(u64) -> u64>,
+    ) -> Result<()> {
+        let json: Vec<(String, String)> = records
+            .iter()
+            .map(|r| {
+                (
+                    r.definition.name.clone(),
+                    serde_json::to_string(r).expect("tier records serialize"),
+                )
+            })
+            .collect();
+        self.write(|tx| {
+            let mut t = tx.open_table(TIERS)?;
+            t.retain(|_, _| false)?;
+            for (name, j) in &json {
+                t.insert(name.as_str(), j.as_str())?;
+            }
+            if let Some(remap) = remap {
+                let mut chunks = tx.open_table(CHUNKS)?;
+                let mut changed = Vec::new();
+                for row in chunks.iter()? {
+                    let (k, v) = row?;
+                    let (vol, chunk) = k.value();
+                    let new = remap(v.value());
+                    if new != v.value() {
+                        changed.push((vol.to_string(), chunk, new));
+                    }
+                }
+                for (vol, chunk, word) in changed {
+                    chunks.insert((vol.as_str(), chunk), word)?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Calls `f(volume, chunk, entry)` for every stored chunk-map entry.
+    pub fn for_each_chunk(&self, mut f: impl FnMut(&str, u32, u64)) -> Result<()> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = tx.open_table(CHUNKS).map_err(|e| self.err(e))?;
+        for row in table.iter().map_err(|e| self.err(e))? {
+            let (k, v) = row.map_err(|e| self.err(e))?;
+            let (vol, chunk) = k.value();
+            f(vol, chunk, v.value());
+        }
+        Ok(())
+    }
+
+    /// Every stored volume definition.
+    pub fn volumes(&self) -> Result<Vec<VolumeMetadata>> {
+        let mut out = Vec::new();
+        for name in self.volume_names()? {
+            if let Some(v) = self.volume(&name)? {
+                out.push(v);
+            }
         }
         Ok(out)
     }

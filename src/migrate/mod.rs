@@ -8,10 +8,7 @@
 
 mod rate;
 
-use std::{
-    os::unix::fs::FileExt,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 pub use rate::RateLimiter;
 
@@ -229,10 +226,11 @@ impl Copier<'_> {
                 l.acquire(self.part);
             }
             let off = i * self.part;
+            // The copy must be synced by the flush that commits the switch.
+            self.volume.mark_unsynced(self.target.id());
             self.source
-                .file()
                 .read_exact_at(buf, self.old_off + off)
-                .and_then(|()| self.target.file().write_all_at(buf, self.new_off + off))
+                .and_then(|()| self.target.write_all_at(buf, self.new_off + off))
                 .map_err(|source| Error::Copy {
                     volume: self.volume.name().to_string(),
                     chunk: self.chunk,

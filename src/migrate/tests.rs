@@ -33,8 +33,8 @@ fn open(dir: &Path) -> Arc<Volume> {
 
 fn open_with(dir: &Path, cap0: &str) -> Arc<Volume> {
     let cfg = config(dir, cap0);
-    let tiers = Arc::new(TierSet::open(&cfg.tiers).unwrap());
     let store = Arc::new(Store::open(&dir.join("state")).unwrap());
+    let tiers = Arc::new(TierSet::open(&cfg.tiers, &store).unwrap());
     Arc::new(Volume::open(cfg.volumes[0].clone(), tiers, store).unwrap())
 }
 

@@ -86,6 +86,15 @@ pub fn models_dir() -> PathBuf {
 /// Builds the predictor a volume's `prediction_model` names: a builtin
 /// ("ewma", "learned"/"mlp" = the shipped default model, "gru" = the shipped
 /// recurrent model) or the path of a model file.
+/// True when `prediction_model` names a builtin predictor rather than a
+/// model file.
+pub fn is_builtin(prediction_model: &str) -> bool {
+    matches!(
+        prediction_model,
+        "ewma" | "learned" | "mlp" | "default" | "gru"
+    )
+}
+
 pub fn load(prediction_model: &str) -> Result<Box<dyn Predictor>> {
     let file = match prediction_model {
         "ewma" => return Ok(Box::new(Ewma::default())),

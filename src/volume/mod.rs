@@ -5,12 +5,9 @@
 pub mod chunk_map;
 pub mod dirty;
 
-use std::{
-    os::unix::fs::FileExt,
-    sync::{
-        atomic::{AtomicU32, Ordering},
-        Arc, Mutex, MutexGuard,
-    },
+use std::sync::{
+    atomic::{AtomicU32, Ordering},
+    Arc, Mutex, MutexGuard,
 };
 
 pub use chunk_map::{ChunkMap, ChunkState, Mapping, WritePin};
@@ -136,6 +133,10 @@ pub struct Volume {
     dirty: dirty::DirtyTracker,
     /// Per-chunk access counters the data path bumps, the brain drains.
     counters: crate::profile::ChunkCounters,
+    /// One bit per tier id: tiers this volume wrote to since their last
+    /// sync, so a flush syncs only those (a failed tier the volume has no
+    /// new data on does not fail its flushes).
+    unsynced: AtomicU32,
 }
 
 /// Score → tier by the seed's thresholds (≥ 0.8 fastest, ≥ 0.3 middle, else
@@ -150,6 +151,28 @@ fn static_tier_hint(policy: TieringPolicy, score: f32, ids: &[u8]) -> u8 {
         _ => n - 1,
     };
     ids[idx.min(n - 1)]
+}
+
+/// Checks that a configured volume can open the stored one: same chunk
+/// size, no smaller.
+pub fn check_compatible(stored: &VolumeMetadata, meta: &VolumeMetadata) -> Result<()> {
+    if stored.chunk_size != meta.chunk_size {
+        return Err(Error::Incompatible {
+            volume: meta.name.clone(),
+            what: "chunk_size",
+            stored: stored.chunk_size.to_string(),
+            configured: meta.chunk_size.to_string(),
+        });
+    }
+    if meta.size < stored.size {
+        return Err(Error::Incompatible {
+            volume: meta.name.clone(),
+            what: "size",
+            stored: stored.size.to_string(),
+            configured: format!("{} (shrinking would drop data)", meta.size),
+        });
+    }
+    Ok(())
 }
 
 /// Score a chunk gets before anything is known about it.
@@ -167,22 +190,7 @@ impl Volume {
     pub fn open(meta: VolumeMetadata, tiers: Arc<TierSet>, store: Arc<Store>) -> Result<Self> {
         let name = meta.name.clone();
         if let Some(stored) = store.volume(&name)? {
-            if stored.chunk_size != meta.chunk_size {
-                return Err(Error::Incompatible {
-                    volume: name,
-                    what: "chunk_size",
-                    stored: stored.chunk_size.to_string(),
-                    configured: meta.chunk_size.to_string(),
-                });
-            }
-            if meta.size < stored.size {
-                return Err(Error::Incompatible {
-                    volume: name,
-                    what: "size",
-                    stored: stored.size.to_string(),
-                    configured: format!("{} (shrinking would drop data)", meta.size),
-                });
-            }
+            check_compatible(&stored, &meta)?;
         }
         let chunks = meta.chunk_count() as usize;
         let map = ChunkMap::new(chunks);
@@ -215,6 +223,7 @@ impl Volume {
             commit_lock: Mutex::new(()),
             dirty: dirty::DirtyTracker::default(),
             counters: crate::profile::ChunkCounters::new(chunks),
+            unsynced: AtomicU32::new(0),
         })
     }
 
@@ -325,18 +334,30 @@ impl Volume {
             .iter()
             .filter(|t| t.id() >= hint)
             .chain(self.tiers.iter().filter(|t| t.id() < hint).rev());
+        let mut failed = None;
         for t in order {
-            if let Some(off) = t.allocate(cs)? {
-                return Ok(Mapping {
-                    tier: t.id(),
-                    unit: off / UNIT_BYTES,
-                });
+            match t.allocate(cs) {
+                Ok(Some(off)) => {
+                    // The extent may have been zeroed: that must be durable
+                    // before the map that points at it.
+                    self.mark_unsynced(t.id());
+                    return Ok(Mapping {
+                        tier: t.id(),
+                        unit: off / UNIT_BYTES,
+                    });
+                }
+                Ok(None) => {}
+                // A failing tier: try the others, report it if none helps.
+                Err(e) => failed = Some(e),
             }
         }
-        Err(Error::NoSpace {
-            volume: self.meta.name.clone(),
-            chunk,
-        })
+        match failed {
+            Some(e) => Err(e.into()),
+            None => Err(Error::NoSpace {
+                volume: self.meta.name.clone(),
+                chunk,
+            }),
+        }
     }
 
     fn segment(&self, chunk: u32, within: u64, len: u64, m: Mapping) -> Segment {
@@ -422,10 +443,47 @@ impl Volume {
         }
     }
 
-    /// Like `release`, for segments that were written: a write that lands
-    /// on a chunk being migrated is recorded (before its pin is dropped) so
-    /// the mover copies that part again.
+    /// Records that `tier` holds data written since its last sync.
+    #[inline]
+    pub fn mark_unsynced(&self, tier: u8) {
+        let bit = 1u32 << tier;
+        // A load first: the common case (already marked) writes nothing, so
+        // queues do not bounce the cache line.
+        if self.unsynced.load(Ordering::Relaxed) & bit == 0 {
+            self.unsynced.fetch_or(bit, Ordering::AcqRel);
+        }
+    }
+
+    /// Records the tiers of written segments as holding unsynced data.
+    pub fn note_written(&self, segs: &[Segment]) {
+        for s in segs {
+            if let Target::Extent { tier, .. } = s.target {
+                self.mark_unsynced(tier);
+            }
+        }
+    }
+
+    /// Takes the set of tiers to sync for a flush (bit per tier id); give it
+    /// back with `restore_unsynced` if the sync fails.
+    pub fn take_unsynced(&self) -> u32 {
+        self.unsynced.swap(0, Ordering::AcqRel)
+    }
+
+    pub fn restore_unsynced(&self, mask: u32) {
+        self.unsynced.fetch_or(mask, Ordering::AcqRel);
+    }
+
+    /// Tiers of `mask`, fastest first.
+    pub fn tiers_in(&self, mask: u32) -> impl Iterator<Item = &Tier> {
+        self.tiers.iter().filter(move |t| mask & (1 << t.id()) != 0)
+    }
+
+    /// Like `release`, for segments that were written: their tiers are
+    /// marked for the next flush, and a write that lands on a chunk being
+    /// migrated is recorded (before its pin is dropped) so the mover copies
+    /// that part again.
     pub fn release_written(&self, segs: &[Segment]) {
+        self.note_written(segs);
         for s in segs {
             if let Target::Extent { offset, .. } = s.target {
                 if self.map.state(s.chunk) == ChunkState::Migrating {
@@ -506,12 +564,17 @@ impl Volume {
         Ok(())
     }
 
-    /// Makes every completed write durable: syncs the tier devices, then
-    /// commits the chunk-map changes made before the call.
+    /// Makes every completed write durable: syncs the tier devices this
+    /// volume wrote to, then commits the chunk-map changes made before the
+    /// call.
     pub fn flush(&self) -> Result<()> {
         let ticket = self.flush_ticket();
-        for t in self.tiers.iter() {
-            t.sync_data()?;
+        let mask = self.take_unsynced();
+        for t in self.tiers_in(mask) {
+            if let Err(e) = t.sync_data() {
+                self.restore_unsynced(mask);
+                return Err(e.into());
+            }
         }
         self.commit(ticket)
     }
@@ -588,7 +651,6 @@ impl Volume {
                 Ok(())
             }
             Some((t, off)) => t
-                .file()
                 .read_exact_at(&mut buf[range], off)
                 .map_err(|e| self.io_err(t, e)),
         });
@@ -603,7 +665,6 @@ impl Volume {
         let r = self.for_each_piece(&segs, |dev, range| match dev {
             None => Ok(()),
             Some((t, off)) => t
-                .file()
                 .write_all_at(&data[range], off)
                 .map_err(|e| self.io_err(t, e)),
         });

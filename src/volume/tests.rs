@@ -61,8 +61,8 @@ impl Fixture {
     }
 
     fn open(&self, meta: VolumeMetadata) -> Result<Volume> {
-        let tiers = Arc::new(TierSet::open(&self.tiers).unwrap());
         let store = Arc::new(Store::open(&self.dir.path().join("state")).unwrap());
+        let tiers = Arc::new(TierSet::open(&self.tiers, &store).unwrap());
         Volume::open(meta, tiers, store)
     }
 }

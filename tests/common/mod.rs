@@ -113,6 +113,17 @@ impl Daemon {
         d
     }
 
+    /// Starts the daemon on a config already written into `dir`.
+    pub fn start_at(dir: tempfile::TempDir, config: PathBuf) -> Self {
+        let mut d = Self {
+            dir,
+            config,
+            child: None,
+        };
+        d.restart();
+        d
+    }
+
     pub fn socket(&self, volume: &str) -> PathBuf {
         self.dir.path().join(format!("{volume}.sock"))
     }
@@ -159,6 +170,83 @@ impl Daemon {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Starts the daemon expecting it to refuse (exit non-zero within 30 s);
+    /// returns what it printed.
+    pub fn start_refused(&mut self) -> String {
+        assert!(self.child.is_none(), "daemon already running");
+        let out = self.dir.path().join("refused.log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tierblk"))
+            .args(["serve", "--create-dirs", "--config"])
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(&out).unwrap()))
+            .spawn()
+            .expect("start tierblk");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "tierblk started instead of refusing:\n{}",
+                    std::fs::read_to_string(&out).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let err = std::fs::read_to_string(&out).unwrap_or_default();
+        assert!(
+            !status.success(),
+            "tierblk exited 0 instead of refusing:\n{err}"
+        );
+        err
+    }
+
+    /// Starts the daemon and waits only for the sockets of `served`.
+    pub fn restart_serving(&mut self, served: &[&str]) {
+        assert!(self.child.is_none(), "daemon already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("daemon.log"))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_tierblk"))
+            .args(["serve", "--create-dirs", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start tierblk");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !served.iter().all(|v| self.socket(v).exists()) {
+            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("tierblk exited early ({st}):\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sockets never appeared:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Rewrites the config file through `f`.
+    pub fn edit_config(&self, f: impl FnOnce(String) -> String) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        std::fs::write(&self.config, f(text)).unwrap();
+    }
+
+    /// Process id of the running daemon.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("daemon running").id()
     }
 
     pub fn log(&self) -> String {
@@ -281,6 +369,21 @@ impl Client {
         self.queues[q].write_zeroes(offset, len, 0, flags);
         self.wait(q, 1)[0]
     }
+}
+
+/// Runs `tierblk ARGS` (killed after 30 s: a `serve` that should have
+/// refused); returns (success, stdout, stderr).
+pub fn tierblk(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new("timeout")
+        .args(["30", env!("CARGO_BIN_EXE_tierblk")])
+        .args(args)
+        .output()
+        .expect("run tierblk");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 pub fn pattern(len: usize, seed: u64) -> Vec<u8> {

@@ -1,0 +1,353 @@
+//! Fault and chaos tests of the real daemon, each printing its figures.
+//! They are `#[ignore]`d in the plain `cargo test` run and run by
+//! `scripts/test.sh` on their own, with their output shown:
+//!
+//!     cargo test --test chaos -- --ignored --nocapture --test-threads=1
+//!
+//! `TIERBLK_CHAOS_ROUNDS` scales the loops (default: the short versions).
+
+mod common;
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use common::*;
+
+/// Bytes of one verified block.
+const BLOCK: usize = 4096;
+
+fn rounds(default: usize) -> usize {
+    std::env::var("TIERBLK_CHAOS_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A small deterministic generator (xorshift), seeded per test.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// The content of block `block` at generation `gen`: a header naming both,
+/// then bytes derived from them, so a block at the wrong place, from another
+/// generation or half-written is told apart from the right one.
+fn block_data(block: u64, gen: u64) -> Vec<u8> {
+    let mut b = pattern(BLOCK, block.wrapping_mul(1_000_003) ^ gen);
+    b[..8].copy_from_slice(&block.to_le_bytes());
+    b[8..16].copy_from_slice(&gen.to_le_bytes());
+    b
+}
+
+/// What a block may hold after a crash: the generation last made durable
+/// by a completed flush, or any generation written after it.
+#[derive(Default, Clone)]
+struct Allowed {
+    flushed: u64,
+    later: Vec<u64>,
+}
+
+/// The writer's model of the volume: generation 0 = never written (zeros).
+struct Model {
+    blocks: HashMap<u64, Allowed>,
+}
+
+impl Model {
+    fn wrote(&mut self, block: u64, gen: u64) {
+        self.blocks.entry(block).or_default().later.push(gen);
+    }
+
+    fn flushed(&mut self) {
+        for a in self.blocks.values_mut() {
+            if let Some(&g) = a.later.last() {
+                a.flushed = g;
+                a.later.clear();
+            }
+        }
+    }
+
+    /// After a crash every block settles on what it now holds.
+    fn settle(&mut self, block: u64, gen: u64) {
+        let a = self.blocks.entry(block).or_default();
+        a.flushed = gen;
+        a.later.clear();
+    }
+}
+
+/// Reads every block of the model back; returns (verified, corrupt).
+fn verify_model(c: &mut Client, m: &mut Model, log: &dyn Fn() -> String) -> (u64, u64) {
+    let mut blocks: Vec<u64> = m.blocks.keys().copied().collect();
+    blocks.sort_unstable();
+    let (mut ok, mut bad) = (0, 0);
+    for b in blocks {
+        let (r, data) = c.read(0, b * BLOCK as u64, BLOCK);
+        assert_eq!(r, 0, "read of block {b} failed:\n{}", log());
+        let a = m.blocks[&b].clone();
+        let gen = if data.iter().all(|&x| x == 0) {
+            Some(0)
+        } else {
+            let g = u64::from_le_bytes(data[8..16].try_into().unwrap());
+            (data == block_data(b, g)).then_some(g)
+        };
+        match gen {
+            Some(g) if g == a.flushed || a.later.contains(&g) => {
+                ok += 1;
+                m.settle(b, g);
+            }
+            other => {
+                bad += 1;
+                eprintln!(
+                    "block {b}: holds {other:?}, allowed {} or {:?}",
+                    a.flushed, a.later
+                );
+            }
+        }
+    }
+    (ok, bad)
+}
+
+/// Chunk moves the brain reported in the log ("N promoted, M demoted").
+fn moves(log: &str) -> u64 {
+    let number_before = |line: &str, word: &str| -> u64 {
+        line.find(word)
+            .and_then(|i| line[..i].trim_end().rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    log.lines()
+        .filter(|l| l.contains("moves planned"))
+        .map(|l| number_before(l, " promoted") + number_before(l, " demoted"))
+        .sum()
+}
+
+#[test]
+#[ignore = "chaos: run by scripts/test.sh with --ignored --nocapture"]
+fn kill9_at_random_moments_during_migration_loses_no_flushed_block() {
+    // A small fast tier and 1-second epochs: the brain promotes and demotes
+    // every epoch while the writer works on a hot set and a cold spread.
+    let tiers = vec![
+        TierSpec {
+            capacity: 2 * MIB,
+            emulate: "",
+        },
+        TierSpec {
+            capacity: 8 * MIB,
+            emulate: "",
+        },
+        TierSpec {
+            capacity: 32 * MIB,
+            emulate: "",
+        },
+    ];
+    let kills = rounds(20);
+    let mut d = Daemon::start(&tiers, &[VolumeSpec::default()]);
+    let mut rng = Rng(0x5eed_1234_abcd_ef01);
+    let mut m = Model {
+        blocks: HashMap::new(),
+    };
+    let blocks = 16 * MIB / BLOCK as u64;
+    let mut gen = 0u64;
+    let (mut verified, mut corrupt, mut flushes) = (0u64, 0u64, 0u64);
+    for round in 0..kills {
+        let mut c = Client::connect(&d.socket("vol0"), 1, false).unwrap();
+        let (ok, bad) = verify_model(&mut c, &mut m, &|| d.log());
+        verified += ok;
+        corrupt += bad;
+        // Run for a random time, then kill -9 wherever the daemon is.
+        let run = Duration::from_millis(300 + rng.below(2200));
+        let t = Instant::now();
+        let mut since_flush = 0;
+        while t.elapsed() < run {
+            // 3/4 of the writes go to a hot set of 8 chunks.
+            let b = if rng.below(4) < 3 {
+                rng.below(8 * 16)
+            } else {
+                rng.below(blocks)
+            };
+            gen += 1;
+            if c.write(0, b * BLOCK as u64, &block_data(b, gen)) != 0 {
+                panic!("write failed in round {round}:\n{}", d.log());
+            }
+            m.wrote(b, gen);
+            // Reads heat the hot set for the brain.
+            let hot = rng.below(8 * 16);
+            c.read(0, hot * BLOCK as u64, BLOCK);
+            since_flush += 1;
+            if since_flush >= 1 + rng.below(64) {
+                assert_eq!(c.flush(0), 0, "{}", d.log());
+                m.flushed();
+                flushes += 1;
+                since_flush = 0;
+            }
+        }
+        drop(c);
+        d.kill9();
+        d.restart();
+    }
+    let mut c = Client::connect(&d.socket("vol0"), 1, false).unwrap();
+    let (ok, bad) = verify_model(&mut c, &mut m, &|| d.log());
+    verified += ok;
+    corrupt += bad;
+    let log = d.log();
+    println!(
+        "chaos kill9: {kills} kill -9, {flushes} flushes, {} chunk moves completed between kills, {verified} blocks verified, corruptions = {corrupt}",
+        moves(&log)
+    );
+    assert_eq!(corrupt, 0, "corrupted blocks after kill -9");
+}
+
+#[test]
+#[ignore = "chaos: run by scripts/test.sh with --ignored --nocapture"]
+fn client_reconnects_with_io_in_flight_keep_the_data() {
+    let n = rounds(50);
+    let d = Daemon::start(&tiers3(), &[VolumeSpec::default()]);
+    let mut rng = Rng(0xfeed_0042_1357_9bdf);
+    let mut m = Model {
+        blocks: HashMap::new(),
+    };
+    let blocks = 16 * MIB / BLOCK as u64;
+    let mut gen = 0;
+    let mut in_flight_at_drop = 0usize;
+    for _ in 0..n {
+        let mut c = Client::connect(&d.socket("vol0"), 1, false).unwrap();
+        // Completed, flushed writes: must survive every reconnect.
+        for _ in 0..8 {
+            let b = rng.below(blocks);
+            gen += 1;
+            assert_eq!(
+                c.write(0, b * BLOCK as u64, &block_data(b, gen)),
+                0,
+                "{}",
+                d.log()
+            );
+            m.wrote(b, gen);
+        }
+        assert_eq!(c.flush(0), 0, "{}", d.log());
+        m.flushed();
+        // Requests submitted and never waited for: the client goes away
+        // with them in flight. Reads only, so the model stays exact.
+        let k = 1 + rng.below(16) as usize;
+        let p = c.buf.addr as *mut u8;
+        for i in 0..k {
+            let b = rng.below(blocks);
+            // SAFETY: the buffer is 8 MiB; k ≤ 16 blocks of 4 KiB fit.
+            let dst = unsafe { p.add(i * BLOCK) };
+            c.queues[0].read(b * BLOCK as u64, dst, BLOCK, 0, blkio::ReqFlags::empty());
+        }
+        in_flight_at_drop += k;
+        drop(c);
+    }
+    let mut c = Client::connect(&d.socket("vol0"), 1, false).unwrap();
+    let (ok, bad) = verify_model(&mut c, &mut m, &|| d.log());
+    println!(
+        "chaos reconnect: {n} reconnects, {in_flight_at_drop} requests in flight at disconnect, {ok} blocks verified, corruptions = {bad}"
+    );
+    assert_eq!(bad, 0);
+}
+
+/// Mounts a tmpfs of `bytes` at `dir`; None when not root (the mount needs
+/// it; CI runs as root).
+fn mount_tmpfs(dir: &std::path::Path, bytes: u64) -> Option<()> {
+    std::fs::create_dir_all(dir).unwrap();
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+        .arg(dir)
+        .status()
+        .ok()?;
+    st.success().then_some(())
+}
+
+fn umount(dir: &std::path::Path) {
+    let _ = std::process::Command::new("umount").arg(dir).status();
+}
+
+#[test]
+#[ignore = "chaos: run by scripts/test.sh with --ignored --nocapture"]
+fn a_tier_on_a_small_tmpfs_fills_then_serves_again_once_freed() {
+    // tmpfs has no FALLOC_FL_ZERO_RANGE: extent reuse takes the fallback.
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("tier0");
+    if mount_tmpfs(&mnt, 6 * MIB).is_none() {
+        panic!("mounting a tmpfs failed: this test needs root (scripts/test.sh runs as root)");
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            umount(&self.0);
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+    let config = write_config(
+        dir.path(),
+        &[TierSpec {
+            capacity: 4 * MIB,
+            emulate: "",
+        }],
+        &[VolumeSpec {
+            size: 8 * MIB,
+            ..VolumeSpec::default()
+        }],
+    );
+    let d = Daemon::start_at(dir, config);
+    let mut c = Client::connect(&d.socket("vol0"), 1, false).unwrap();
+    let data = pattern(64 * KIB as usize, 9);
+    let (mut written, mut refused) = (0u64, 0u64);
+    for i in 0..(8 * MIB / (64 * KIB)) {
+        if c.write(0, i * 64 * KIB, &data) == 0 {
+            written += 1;
+        } else {
+            refused += 1;
+        }
+    }
+    assert_eq!(
+        written,
+        4 * MIB / (64 * KIB),
+        "the tier holds 4 MiB:\n{}",
+        d.log()
+    );
+    assert!(refused > 0);
+    for i in 0..written {
+        let (r, back) = c.read(0, i * 64 * KIB, data.len());
+        assert!(
+            r == 0 && back == data,
+            "chunk {i} after the tier filled:\n{}",
+            d.log()
+        );
+    }
+    // Free half, make it durable, and write again: reused extents are
+    // zeroed first (by PUNCH_HOLE or writing zeros on tmpfs).
+    assert_eq!(c.discard(0, 0, 2 * MIB), 0, "{}", d.log());
+    assert_eq!(c.flush(0), 0, "{}", d.log());
+    let small = pattern(4 * KIB as usize, 10);
+    let mut rewritten = 0;
+    for i in 0..(2 * MIB / (64 * KIB)) {
+        let off = 4 * MIB + i * 64 * KIB;
+        assert_eq!(
+            c.write(0, off, &small),
+            0,
+            "write after freeing:\n{}",
+            d.log()
+        );
+        let (_, back) = c.read(0, off, 64 * KIB as usize);
+        assert!(back[..small.len()] == small[..], "new data at {off}");
+        assert!(
+            back[small.len()..].iter().all(|&b| b == 0),
+            "a reused extent shows old data at {off}"
+        );
+        rewritten += 1;
+    }
+    println!(
+        "chaos tmpfs: tier full after {written} chunks, {refused} writes refused, 2 MiB freed, {rewritten} reused extents zeroed and written"
+    );
+}
