@@ -404,9 +404,9 @@ impl Worker {
                     limits,
                     &mut self.zero_segs,
                 ) {
-                    Err(reason) => {
-                        debug!("queue: rejecting request {head}: {reason}");
-                        err
+                    Err(r) => {
+                        debug!("queue: rejecting request {head}: {}", r.reason);
+                        r.code
                     }
                     Ok(()) => {
                         let r = self
