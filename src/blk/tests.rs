@@ -541,6 +541,34 @@ fn head_index_beyond_the_queue_is_dropped_and_the_queue_keeps_serving() {
     assert_eq!(r.submit(&rd), (513, OK));
 }
 
+#[test]
+fn worker_dropped_with_a_read_in_flight_releases_it_as_a_read() {
+    // Reads complete 300 ms late (emulated tier speed), so the worker is
+    // dropped (the connection ends) while one is in flight. Its pin must
+    // be dropped as a read's: released as a write, it marks the parts it
+    // covers dirty on a chunk being migrated, and the mover copies them
+    // again for nothing.
+    let mut r = Rig::build(true, false, "emulate = { read_latency_us = 300000 }");
+    r.write_4k(0, 5);
+    let volume = r.volume.clone();
+    let map = volume.chunk_map();
+    assert!(map.begin_migration(0).is_some());
+    let dirty = volume.dirty_tracker().register(0).unwrap();
+    r.header(VIRTIO_BLK_T_IN, 0);
+    r.kick(
+        &[(HDR, 16, false), (DATA, 4096, true), (STATUS, 1, true)],
+        None,
+    );
+    assert_eq!(map.pins(0), 1, "the read is in flight");
+    drop(r.worker);
+    assert_eq!(map.pins(0), 0, "the drop released the read's pin");
+    assert_eq!(
+        volume.dirty_tracker().take(dirty),
+        0,
+        "a read marked a migrating chunk dirty"
+    );
+}
+
 const UNSUPP: u8 = VIRTIO_BLK_S_UNSUPP as u8;
 const CAP_SECTORS: u64 = VOL_SIZE / 512;
 
