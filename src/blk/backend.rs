@@ -13,7 +13,7 @@ use std::{
 
 use log::warn;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost_user_backend::{VhostUserBackend, VringRwLock};
+use vhost_user_backend::VhostUserBackend;
 use virtio_bindings::{
     virtio_blk::{
         VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_CONFIG_WCE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH,
@@ -32,6 +32,7 @@ use vmm_sys_util::{
 use super::{
     config_space::{self, BlkGeometry, CONFIG_SPACE_BYTES, OFF_WRITEBACK},
     request::Limits,
+    vring::BlkVring,
     worker::{GuestMemory, Shared, Worker},
 };
 use crate::volume::Volume;
@@ -141,7 +142,8 @@ fn lock(w: &Mutex<Worker>) -> MutexGuard<'_, Worker> {
 
 impl VhostUserBackend for BlkBackend {
     type Bitmap = ();
-    type Vring = VringRwLock;
+    /// Signals each new call eventfd once (see `vring`).
+    type Vring = BlkVring;
 
     fn num_queues(&self) -> usize {
         self.num_queues
@@ -259,7 +261,7 @@ impl VhostUserBackend for BlkBackend {
         &self,
         device_event: u16,
         evset: EventSet,
-        vrings: &[VringRwLock],
+        vrings: &[BlkVring],
         thread_id: usize,
     ) -> io::Result<()> {
         if evset != EventSet::IN {

@@ -7,6 +7,7 @@ pub const VIRTIO_BLK_ID_BYTES: usize = 20;
 pub mod backend;
 pub mod config_space;
 pub mod request;
+pub mod vring;
 pub mod worker;
 
 #[cfg(test)]

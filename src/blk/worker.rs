@@ -408,9 +408,9 @@ impl Worker {
                     limits,
                     &mut self.zero_segs,
                 ) {
-                    Err(reason) => {
-                        debug!("queue: rejecting request {head}: {reason}");
-                        err
+                    Err(r) => {
+                        debug!("queue: rejecting request {head}: {}", r.reason);
+                        r.code
                     }
                     Ok(()) => {
                         let r = self
@@ -754,11 +754,7 @@ impl Worker {
 
     fn complete(&mut self, vring: &VringRwLock, idx: u16) -> bool {
         let slot = &mut self.slots[idx as usize];
-        if slot.kind == Kind::Write {
-            self.shared.volume.release_written(&slot.segs);
-        } else {
-            self.shared.volume.release(&slot.segs);
-        }
+        release_pins(&self.shared.volume, slot.kind, &slot.segs);
         slot.segs.clear();
         let Some(mem) = slot.mem.take() else {
             return false;
@@ -793,13 +789,24 @@ impl Drop for Worker {
                     slot.pending -= 1;
                 }
                 if slot.pending == 0 || d & TIMER_FLAG != 0 {
-                    self.shared.volume.release_written(&slot.segs);
+                    release_pins(&self.shared.volume, slot.kind, &slot.segs);
                     slot.segs.clear();
                     slot.mem = None;
                 }
             }
             waited += 1;
         }
+    }
+}
+
+/// Drops the chunk pins of a request's segments, by its direction: only
+/// written segments count as writes to a chunk being migrated (which the
+/// mover then copies again).
+fn release_pins(volume: &Volume, kind: Kind, segs: &[Segment]) {
+    if kind == Kind::Write {
+        volume.release_written(segs);
+    } else {
+        volume.release(segs);
     }
 }
 

@@ -13,6 +13,8 @@ use virtio_bindings::virtio_blk::{
 use virtio_queue::desc::split::Descriptor;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
+use super::VIRTIO_BLK_ID_BYTES;
+
 pub const SECTOR_SHIFT: u32 = 9;
 pub const SECTOR_SIZE: u64 = 1 << SECTOR_SHIFT;
 /// Size of `struct virtio_blk_outhdr`.
@@ -193,15 +195,28 @@ pub fn parse<M: GuestMemoryBackend>(
             slice_stream(&bufs.readable, HEADER_BYTES, out_len, &mut bufs.data);
             (Kind::Write, out_len)
         }
-        VIRTIO_BLK_T_FLUSH => (Kind::Flush, 0),
+        VIRTIO_BLK_T_FLUSH => {
+            // "A driver MUST set sector to 0 for a VIRTIO_BLK_T_FLUSH
+            // request" (5.2.6.1): anything else is a driver error. Data
+            // is only a SHOULD NOT, so a flush carrying some is served.
+            if sector != 0 {
+                return Err(io_err("flush with a nonzero sector"));
+            }
+            (Kind::Flush, 0)
+        }
         VIRTIO_BLK_T_GET_ID => {
+            // "The length of data MUST be 20 bytes" (5.2.6.1). A shorter
+            // buffer cannot hold the whole ID, and a cut one could name
+            // another disk: refused. A longer one gets the 20 bytes.
+            if in_len < VIRTIO_BLK_ID_BYTES as u64 {
+                return Err(io_err("get-id buffer shorter than 20 bytes"));
+            }
             slice_stream(&bufs.writable, 0, in_len, &mut bufs.data);
             (Kind::GetId, in_len)
         }
         VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => {
-            if limits.read_only {
-                return Err(io_err("discard or write-zeroes on a read-only volume"));
-            }
+            // A read-only volume refuses these in `zero_segments`, after
+            // the flags (which decide UNSUPP whatever the volume).
             if out_len == 0 || !out_len.is_multiple_of(DISCARD_SEGMENT_BYTES) {
                 return Err(io_err("discard payload not a whole number of segments"));
             }
@@ -253,38 +268,65 @@ pub struct ZeroSegment {
     pub unmap: bool,
 }
 
-/// Reads and checks the discard / write-zeroes segments of a request.
+/// Why a discard / write-zeroes request is refused: the virtio status
+/// and a reason for the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentReject {
+    pub code: u8,
+    pub reason: &'static str,
+}
+
+/// Reads and checks the discard / write-zeroes segments of a request. The
+/// checks run in an order that meets every device rule of virtio 1.2
+/// 5.2.6.2 at once: flags first (unknown bits, or `unmap` on a discard, are
+/// UNSUPP whatever else is wrong with the request), then the read-only
+/// volume (IOERR, nothing written), then each segment's range (IOERR).
+/// Nothing is zeroed unless every segment passes.
 pub fn zero_segments<M: GuestMemoryBackend>(
     mem: &M,
     kind: Kind,
     data: &[GuestBuf],
     limits: Limits,
     out: &mut Vec<ZeroSegment>,
-) -> Result<(), &'static str> {
+) -> Result<(), SegmentReject> {
+    let io_err = |reason| SegmentReject {
+        code: VIRTIO_BLK_S_IOERR as u8,
+        reason,
+    };
+    let unsupp = |reason| SegmentReject {
+        code: VIRTIO_BLK_S_UNSUPP as u8,
+        reason,
+    };
     out.clear();
     let total: u64 = data.iter().map(|d| d.1 as u64).sum();
     let mut raw = [0u8; (MAX_DISCARD_SEG as u64 * DISCARD_SEGMENT_BYTES) as usize];
     let raw = raw
         .get_mut(..total as usize)
-        .ok_or("too many discard segments")?;
-    read_stream(mem, data, raw).map_err(|_| "discard segments outside guest memory")?;
+        .ok_or(io_err("too many discard segments"))?;
+    read_stream(mem, data, raw).map_err(|_| io_err("discard segments outside guest memory"))?;
+    let flags_of = |seg: &[u8]| u32::from_le_bytes(seg[12..16].try_into().expect("4 bytes"));
+    for seg in raw.chunks_exact(DISCARD_SEGMENT_BYTES as usize) {
+        let flags = flags_of(seg);
+        if flags & !WRITE_ZEROES_FLAG_UNMAP != 0 {
+            return Err(unsupp("discard or write-zeroes segment with unknown flags"));
+        }
+        if kind == Kind::Discard && flags != 0 {
+            return Err(unsupp("discard segment with the unmap flag"));
+        }
+    }
+    if limits.read_only {
+        return Err(io_err("discard or write-zeroes on a read-only volume"));
+    }
     for seg in raw.chunks_exact(DISCARD_SEGMENT_BYTES as usize) {
         let sector = u64::from_le_bytes(seg[0..8].try_into().expect("8 bytes"));
         let sectors = u32::from_le_bytes(seg[8..12].try_into().expect("4 bytes"));
-        let flags = u32::from_le_bytes(seg[12..16].try_into().expect("4 bytes"));
-        let unmap = match kind {
-            Kind::Discard if flags != 0 => return Err("discard with reserved flags"),
-            Kind::Discard => true,
-            _ if flags & !WRITE_ZEROES_FLAG_UNMAP != 0 => {
-                return Err("write-zeroes with reserved flags")
-            }
-            _ => flags & WRITE_ZEROES_FLAG_UNMAP != 0,
-        };
+        // A discard deallocates; a write-zeroes may when `unmap` is set.
+        let unmap = kind == Kind::Discard || flags_of(seg) & WRITE_ZEROES_FLAG_UNMAP != 0;
         let len = sectors as u64 * SECTOR_SIZE;
         let offset = sector
             .checked_mul(SECTOR_SIZE)
             .filter(|o| o.checked_add(len).is_some_and(|e| e <= limits.capacity))
-            .ok_or("discard segment out of range")?;
+            .ok_or(io_err("discard segment out of range"))?;
         out.push(ZeroSegment { offset, len, unmap });
     }
     Ok(())
