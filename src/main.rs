@@ -103,8 +103,8 @@ struct ReplayArgs {
 
 #[derive(clap::Args, Debug)]
 struct TrainArgs {
-    /// Training traces (repeat the flag); default: the four shared traces
-    /// in ../shared/traces.
+    /// Training traces (repeat the flag); default: the four real traces
+    /// vendored in traces/ (run from the repository root).
     #[arg(long)]
     trace: Vec<PathBuf>,
     /// Model file to write.
@@ -139,7 +139,7 @@ struct TrainArgs {
     horizon: usize,
 }
 
-const SHARED_TRACES: &[&str] = &[
+const DEFAULT_TRACES: &[&str] = &[
     "cloudphysics_vm.csv",
     "msr_hm_0_excerpt.csv",
     "hplajw_1week.csv",
@@ -209,15 +209,15 @@ fn run(cli: Cli) -> tierblk::Result<()> {
         }
         Command::Train(a) => {
             let traces = if a.trace.is_empty() {
-                let dir = PathBuf::from("../shared/traces");
+                let dir = PathBuf::from("traces");
                 if !dir.is_dir() {
                     return Err(tierblk::predict::Error::Training(format!(
-                        "no --trace given and the shared traces folder {} does not exist",
+                        "no --trace given and the vendored traces folder {} does not exist (run from the repository root)",
                         dir.display()
                     ))
                     .into());
                 }
-                SHARED_TRACES.iter().map(|t| dir.join(t)).collect()
+                DEFAULT_TRACES.iter().map(|t| dir.join(t)).collect()
             } else {
                 a.trace
             };
