@@ -1,6 +1,6 @@
 //! The `tierblk` command: argument parsing only; all logic is in the library.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{io::Write, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use tierblk::{
@@ -157,11 +157,7 @@ fn run(cli: Cli) -> tierblk::Result<()> {
         }
         Command::CheckConfig { config } => {
             let cfg = Config::load(&config)?;
-            print!(
-                "{}",
-                toml::to_string_pretty(&cfg).expect("a loaded config serializes")
-            );
-            Ok(())
+            print_stdout(&toml::to_string_pretty(&cfg).expect("a loaded config serializes"))
         }
         Command::Replay(a) => {
             let mut policies: Vec<PolicyKind> = a
@@ -201,11 +197,10 @@ fn run(cli: Cli) -> tierblk::Result<()> {
             };
             let report = replay::replay_file(&a.trace, a.config.as_deref(), &cfg)?;
             if a.json {
-                println!("{}", report.to_json());
+                print_stdout(&format!("{}\n", report.to_json()))
             } else {
-                print!("{}", report.to_table());
+                print_stdout(&report.to_table())
             }
-            Ok(())
         }
         Command::Train(a) => {
             let traces = if a.trace.is_empty() {
@@ -250,6 +245,18 @@ fn run(cli: Cli) -> tierblk::Result<()> {
             );
             Ok(())
         }
+    }
+}
+
+/// Writes `text` to standard output (use this, not `print!`, which panics
+/// on a write error). A reader that went away (`tierblk replay … | head`)
+/// ends the output quietly, as with other Unix tools; any other write error
+/// (a full disk, …) is an error.
+fn print_stdout(text: &str) -> tierblk::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(tierblk::Error::Stdout(e)),
+        _ => Ok(()),
     }
 }
 
