@@ -1,11 +1,11 @@
 #!/bin/sh
 # Installs libCacheSim's Python package and compares its policies with
-# tierblk's replay on every shared trace at 64 KiB and 1 MiB chunks (fast
+# tierblk's replay on every real trace vendored in traces/ at 64 KiB and 1 MiB chunks (fast
 # tier = 10% of the footprint, second half of each trace).
 # Usage: benches/baselines.sh [traces-dir [extra libcachesim_baseline.py flags]]
 # (run from the repository root)
 set -eu
-TRACES=${1:-../shared/traces}
+TRACES=${1:-traces}
 [ $# -gt 0 ] && shift
 [ -d "$TRACES" ] || { echo "baselines.sh: trace folder $TRACES not found" >&2; exit 2; }
 python3 -m pip install --quiet libcachesim

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Held-out evaluation of tierblk's predictors on the shared traces.
+"""Held-out evaluation of tierblk's predictors on the real traces vendored in traces/.
 
 For every trace and chunk size (64 KiB, 1 MiB) it replays one part of the
 trace with `tierblk replay --json` (fast tier = 10% of the footprint, epoch
@@ -36,7 +36,7 @@ def count_requests(path):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--traces-dir", default="../shared/traces")
+    p.add_argument("--traces-dir", default="traces")
     p.add_argument("--traces", default=",".join(TRACES))
     p.add_argument("--models", default="learned,ewma")
     p.add_argument("--split", choices=["test", "tune"], default="test")

@@ -27,7 +27,7 @@ cargo test --test chaos -- --ignored --nocapture --test-threads=1
 step "real guests: QEMU (TCG) + Linux + fio through tierblk, restart, corruption, libvirt"
 python3 qemu-tests/run.py
 
-step "trace replay vs libCacheSim on the shared traces (tierblk LRU must match libCacheSim LRU)"
+step "trace replay vs libCacheSim on the vendored traces (tierblk LRU must match libCacheSim LRU)"
 sh benches/baselines.sh
 
 step "benchmark harness smoke (a few seconds; full runs: benches/README.md)"

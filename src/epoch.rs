@@ -3,14 +3,26 @@
 //! publishes it as allocation hints, saves it for a warm restart, plans
 //! promotions and demotions and carries them out with shadow-clone
 //! migrations under the migration rate limit. It never runs per I/O.
+//!
+//! The thread is supervised: a panic in an epoch is caught, logged and
+//! counted ([`BrainHealth`]), and the next epoch runs as usual; after
+//! [`MAX_CONSECUTIVE_PANICS`] panicking epochs in a row the brain stops
+//! tiering its volume. The volume keeps serving I/O either way: the data
+//! path never waits for the brain.
 
 use std::{
-    sync::Arc,
+    any::Any,
+    ops::ControlFlow,
+    panic::{self, AssertUnwindSafe},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
     thread,
     time::{Duration, Instant},
 };
 
-use log::{debug, warn};
+use log::{debug, error, warn};
 
 use crate::{
     migrate::{self, Outcome, RateLimiter},
@@ -24,6 +36,31 @@ use crate::{
 const PLAN_MARGIN: f32 = 0.1;
 /// Upper bound of moves per epoch whatever the rate allows.
 const MAX_MOVES_PER_EPOCH: usize = 4096;
+/// Panicking epochs in a row after which the brain stops tiering its volume.
+pub const MAX_CONSECUTIVE_PANICS: u32 = 5;
+
+/// How a brain thread fares, shared with whoever watches it (get it with
+/// [`Brain::health`] before [`spawn`]).
+#[derive(Debug, Default)]
+pub struct BrainHealth {
+    restarts: AtomicU64,
+    stopped: AtomicBool,
+}
+
+impl BrainHealth {
+    /// Epochs that panicked and after which the brain went on with the
+    /// next one.
+    pub fn restarts(&self) -> u64 {
+        self.restarts.load(Ordering::Relaxed)
+    }
+
+    /// True once the brain gave up on its volume after
+    /// [`MAX_CONSECUTIVE_PANICS`] panicking epochs in a row: no more
+    /// predictions or migrations until the daemon restarts.
+    pub fn stopped(&self) -> bool {
+        self.stopped.load(Ordering::Relaxed)
+    }
+}
 
 /// What one epoch did, for logs and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -45,6 +82,7 @@ pub struct Brain {
     budget: usize,
     /// Recency and residency of this volume's chunks on the fastest tier.
     fast: FastTier,
+    health: Arc<BrainHealth>,
 }
 
 impl Brain {
@@ -77,6 +115,76 @@ impl Brain {
             limiter: RateLimiter::new(migration_mibps),
             budget,
             volume,
+            health: Arc::default(),
+        }
+    }
+
+    /// This brain's panic counter and stop flag, readable while its thread
+    /// runs.
+    pub fn health(&self) -> Arc<BrainHealth> {
+        Arc::clone(&self.health)
+    }
+
+    /// Runs one epoch, catching a panic in it: logs it with the volume's
+    /// name and message and counts it. `consecutive` counts the panicking
+    /// epochs in a row; Break once there were MAX_CONSECUTIVE_PANICS.
+    fn supervised_epoch(&mut self, consecutive: &mut u32) -> ControlFlow<()> {
+        let start = Instant::now();
+        // AssertUnwindSafe: after a panic the brain's own state may be half
+        // updated, and nothing needs it whole. The history at worst misses
+        // or half-counts one epoch's accesses, which only shifts advisory
+        // scores; the heat map is rewritten whole by the next prediction;
+        // the fast tier's view is brought in line with the chunk map at the
+        // start of every plan; the rate limiter is a clock. A predictor left
+        // in a bad state that panics again makes the brain give up below.
+        // The volume is shared with the data path but changed only through
+        // its API, whose locks ignore poisoning (every holder finishes its
+        // update before it can panic) and whose atomics are never half
+        // written; a migration a panic interrupts is ended by migrate_chunk's
+        // unwind guard, so no chunk stays held.
+        let outcome = panic::catch_unwind(AssertUnwindSafe(|| self.run_epoch()));
+        let name = self.volume.name();
+        match outcome {
+            Ok(r) => {
+                *consecutive = 0;
+                let level = if r.promoted + r.demoted + r.failed > 0 {
+                    log::Level::Info
+                } else {
+                    log::Level::Debug
+                };
+                log::log!(
+                    level,
+                    "volume '{name}': epoch {} ({:?}): {} moves planned, {} promoted, {} demoted, {} skipped, {} failed",
+                    r.epoch,
+                    start.elapsed(),
+                    r.planned,
+                    r.promoted,
+                    r.demoted,
+                    r.skipped,
+                    r.failed
+                );
+                ControlFlow::Continue(())
+            }
+            Err(payload) => {
+                *consecutive += 1;
+                let msg = panic_message(payload.as_ref());
+                if *consecutive >= MAX_CONSECUTIVE_PANICS {
+                    self.health.stopped.store(true, Ordering::Relaxed);
+                    error!(
+                        "volume '{name}': brain panicked in {consecutive} epochs in a row (last: {msg}); \
+                         tiering of this volume is STOPPED until the daemon restarts \
+                         (the volume keeps serving I/O; its chunks stay where they are)"
+                    );
+                    return ControlFlow::Break(());
+                }
+                let total = self.health.restarts.fetch_add(1, Ordering::Relaxed) + 1;
+                error!(
+                    "volume '{name}': brain panicked in an epoch: {msg}; epoch skipped, going on \
+                     ({consecutive} in a row, {total} in all; tiering stops after \
+                     {MAX_CONSECUTIVE_PANICS} in a row)"
+                );
+                ControlFlow::Continue(())
+            }
         }
     }
 
@@ -223,31 +331,29 @@ impl Brain {
     }
 }
 
-/// Starts the brain thread of a volume: one epoch every `epoch`.
+/// The message of a caught panic (`panic!` with a literal or a format).
+fn panic_message(payload: &(dyn Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(panic without a message)")
+}
+
+/// Starts the brain thread of a volume: one epoch every `epoch`, each
+/// supervised (see [`BrainHealth`]). The thread ends only when the brain
+/// gives up after [`MAX_CONSECUTIVE_PANICS`] panicking epochs in a row.
 pub fn spawn(mut brain: Brain, epoch: Duration) -> std::io::Result<thread::JoinHandle<()>> {
     thread::Builder::new()
         .name(format!("brain-{}", brain.volume.name()))
-        .spawn(move || loop {
-            let start = Instant::now();
-            thread::sleep(epoch);
-            let r = brain.run_epoch();
-            let level = if r.promoted + r.demoted + r.failed > 0 {
-                log::Level::Info
-            } else {
-                log::Level::Debug
-            };
-            log::log!(
-                level,
-                "volume '{}': epoch {} ({:?}): {} moves planned, {} promoted, {} demoted, {} skipped, {} failed",
-                brain.volume.name(),
-                r.epoch,
-                start.elapsed(),
-                r.planned,
-                r.promoted,
-                r.demoted,
-                r.skipped,
-                r.failed
-            );
+        .spawn(move || {
+            let mut consecutive = 0;
+            loop {
+                thread::sleep(epoch);
+                if brain.supervised_epoch(&mut consecutive).is_break() {
+                    return;
+                }
+            }
         })
 }
 
@@ -322,6 +428,109 @@ mod tests {
         let h = HeatMap::from_bytes("v", &saved).unwrap();
         assert_eq!(h.len(), 32);
         assert!(h.score(7) > h.score(8));
+    }
+
+    /// A predictor (EWMA underneath) that panics on the calls `panics_on`
+    /// picks (numbered from 1), and counts its calls.
+    struct Flaky {
+        calls: Arc<AtomicU64>,
+        panics_on: fn(u64) -> bool,
+        inner: crate::predict::Ewma,
+    }
+
+    impl Flaky {
+        fn boxed(panics_on: fn(u64) -> bool) -> (Box<dyn Predictor>, Arc<AtomicU64>) {
+            let calls = Arc::new(AtomicU64::new(0));
+            let p = Self {
+                calls: calls.clone(),
+                panics_on,
+                inner: crate::predict::Ewma::default(),
+            };
+            (Box::new(p), calls)
+        }
+    }
+
+    impl Predictor for Flaky {
+        fn name(&self) -> String {
+            "flaky".into()
+        }
+
+        fn predict(&mut self, history: &History, out: &mut HeatMap) {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+            if (self.panics_on)(n) {
+                panic!("injected predictor panic on call {n}");
+            }
+            self.inner.predict(history, out);
+        }
+
+        fn first_touch_score(&mut self) -> f32 {
+            self.inner.first_touch_score()
+        }
+    }
+
+    #[test]
+    fn panicking_epochs_are_counted_and_tiering_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = open(dir.path(), "");
+        for c in 0..32u32 {
+            v.set_score(c, 0.0);
+            v.write_at(c as u64 * CHUNK, &[c as u8 + 1; 4096]).unwrap();
+        }
+        let (predictor, calls) = Flaky::boxed(|n| n <= 2);
+        let mut brain = Brain::new(v.clone(), predictor, Duration::from_secs(1), 0.0);
+        let health = brain.health();
+        let mut consecutive = 0;
+        let mut promoted = false;
+        for _ in 0..8 {
+            for _ in 0..50 {
+                v.record_access(false, 7 * CHUNK, 4096, false);
+            }
+            assert!(brain.supervised_epoch(&mut consecutive).is_continue());
+            promoted |= v.block_metadata(7).tier == Some(0);
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 8);
+        assert_eq!(health.restarts(), 2);
+        assert!(!health.stopped());
+        assert_eq!(consecutive, 0);
+        assert!(promoted, "the hot chunk was promoted after the panics");
+        let mut buf = [0u8; 4096];
+        for c in 0..32u32 {
+            v.read_at(c as u64 * CHUNK, &mut buf).unwrap();
+            assert!(buf.iter().all(|&b| b == c as u8 + 1), "chunk {c} data");
+        }
+    }
+
+    #[test]
+    fn brain_thread_survives_panics_and_gives_up_after_a_run_of_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = open(dir.path(), "");
+        v.write_at(0, &[9u8; 4096]).unwrap();
+        // Panics on calls 1-2, works on 3-6, then panics for good.
+        let (predictor, calls) = Flaky::boxed(|n| n <= 2 || n >= 7);
+        let brain = Brain::new(v.clone(), predictor, Duration::from_millis(1), 0.0);
+        let health = brain.health();
+        let handle = spawn(brain, Duration::from_millis(1)).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !handle.is_finished() {
+            assert!(
+                Instant::now() < deadline,
+                "brain still running after {} calls, {} restarts",
+                calls.load(Ordering::SeqCst),
+                health.restarts()
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
+        assert!(handle.join().is_ok(), "the brain thread ended by a panic");
+        let n = MAX_CONSECUTIVE_PANICS as u64;
+        assert_eq!(calls.load(Ordering::SeqCst), 6 + n, "epochs went on");
+        // Calls 1-2 and the first n-1 of the final run were restarts.
+        assert_eq!(health.restarts(), 2 + n - 1);
+        assert!(health.stopped());
+        // The volume serves I/O without its brain.
+        v.write_at(4096, &[8u8; 4096]).unwrap();
+        let mut buf = [0u8; 8192];
+        v.read_at(0, &mut buf).unwrap();
+        assert!(buf[..4096].iter().all(|&b| b == 9) && buf[4096..].iter().all(|&b| b == 8));
     }
 
     #[test]

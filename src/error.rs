@@ -20,6 +20,10 @@ pub enum Error {
     Predict(#[from] crate::predict::Error),
     #[error(transparent)]
     Replay(#[from] crate::replay::Error),
+    /// The command line's output could not be written (not a closed pipe:
+    /// the CLI ends quietly on that).
+    #[error("writing to standard output: {0}")]
+    Stdout(std::io::Error),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -1,6 +1,6 @@
 //! The `tierblk` command: argument parsing only; all logic is in the library.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{io::Write, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use tierblk::{
@@ -126,8 +126,8 @@ struct ReplayArgs {
 
 #[derive(clap::Args, Debug)]
 struct TrainArgs {
-    /// Training traces (repeat the flag); default: the four shared traces
-    /// in ../shared/traces.
+    /// Training traces (repeat the flag); default: the four real traces
+    /// vendored in traces/ (run from the repository root).
     #[arg(long)]
     trace: Vec<PathBuf>,
     /// Model file to write.
@@ -162,7 +162,7 @@ struct TrainArgs {
     horizon: usize,
 }
 
-const SHARED_TRACES: &[&str] = &[
+const DEFAULT_TRACES: &[&str] = &[
     "cloudphysics_vm.csv",
     "msr_hm_0_excerpt.csv",
     "hplajw_1week.csv",
@@ -183,23 +183,20 @@ fn run(cli: Cli) -> tierblk::Result<()> {
             for note in daemon::check(&cfg)? {
                 eprintln!("note: {note}");
             }
-            print!(
-                "{}",
-                toml::to_string_pretty(&cfg).expect("a loaded config serializes")
-            );
-            Ok(())
+            print_stdout(&toml::to_string_pretty(&cfg).expect("a loaded config serializes"))
         }
         Command::Volume(VolumeCommand::List { config }) => {
             let cfg = Config::load(&config)?;
+            let mut out = String::new();
             for (name, size, served) in daemon::list_volumes(&cfg)? {
                 let state = if served {
                     "in config"
                 } else {
                     "not in config (kept, not served)"
                 };
-                println!("{name}\t{size}\t{state}");
+                out += &format!("{name}\t{size}\t{state}\n");
             }
-            Ok(())
+            print_stdout(&out)
         }
         Command::Volume(VolumeCommand::Delete { config, name }) => {
             let cfg = Config::load(&config)?;
@@ -245,23 +242,22 @@ fn run(cli: Cli) -> tierblk::Result<()> {
             };
             let report = replay::replay_file(&a.trace, a.config.as_deref(), &cfg)?;
             if a.json {
-                println!("{}", report.to_json());
+                print_stdout(&format!("{}\n", report.to_json()))
             } else {
-                print!("{}", report.to_table());
+                print_stdout(&report.to_table())
             }
-            Ok(())
         }
         Command::Train(a) => {
             let traces = if a.trace.is_empty() {
-                let dir = PathBuf::from("../shared/traces");
+                let dir = PathBuf::from("traces");
                 if !dir.is_dir() {
                     return Err(tierblk::predict::Error::Training(format!(
-                        "no --trace given and the shared traces folder {} does not exist",
+                        "no --trace given and the vendored traces folder {} does not exist (run from the repository root)",
                         dir.display()
                     ))
                     .into());
                 }
-                SHARED_TRACES.iter().map(|t| dir.join(t)).collect()
+                DEFAULT_TRACES.iter().map(|t| dir.join(t)).collect()
             } else {
                 a.trace
             };
@@ -294,6 +290,18 @@ fn run(cli: Cli) -> tierblk::Result<()> {
             );
             Ok(())
         }
+    }
+}
+
+/// Writes `text` to standard output (use this, not `print!`, which panics
+/// on a write error). A reader that went away (`tierblk replay … | head`)
+/// ends the output quietly, as with other Unix tools; any other write error
+/// (a full disk, …) is an error.
+fn print_stdout(text: &str) -> tierblk::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(tierblk::Error::Stdout(e)),
+        _ => Ok(()),
     }
 }
 

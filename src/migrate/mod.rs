@@ -84,13 +84,14 @@ pub fn migrate_chunk(
     let Some(slot) = volume.dirty_tracker().register(chunk) else {
         return Ok(Outcome::Skipped(SkipReason::TooManyMigrations));
     };
+    let guard = EndOnUnwind::new(volume, chunk, slot);
     let Some(from) = map.begin_migration(chunk) else {
-        volume.dirty_tracker().unregister(slot);
+        guard.end(false);
         return Ok(Outcome::Skipped(SkipReason::NotMovable));
     };
+    guard.begun();
     let abort = |new: Option<u64>| {
-        map.end_migration(chunk, None);
-        volume.dirty_tracker().unregister(slot);
+        guard.end(true);
         if let Some(off) = new {
             target.free(off, volume.chunk_size());
         }
@@ -101,7 +102,8 @@ pub fn migrate_chunk(
     }
     match clone_and_switch(volume, chunk, from, target, slot, limiter) {
         Ok(Some(_new)) => {
-            volume.dirty_tracker().unregister(slot);
+            // switch_extent ended the migration.
+            guard.end(false);
             Ok(Outcome::Moved {
                 from: from.tier,
                 to,
@@ -118,6 +120,72 @@ pub fn migrate_chunk(
         Err(Failure::Error(e, new)) => {
             abort(new);
             Err(*e)
+        }
+    }
+}
+
+/// Ends a migration that a panic interrupts (the brain catches panics and
+/// goes on with the next epoch): the chunk must not stay held, or new I/O
+/// on it would wait forever, nor migrating, and its dirty slot is freed.
+/// The extent allocated on the target, if any, stays reserved until the
+/// next restart (an extent no map references is free then).
+struct EndOnUnwind<'a> {
+    volume: &'a Volume,
+    chunk: u32,
+    slot: usize,
+    stage: std::cell::Cell<Stage>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Registered,
+    Begun,
+    Ended,
+}
+
+impl<'a> EndOnUnwind<'a> {
+    fn new(volume: &'a Volume, chunk: u32, slot: usize) -> Self {
+        Self {
+            volume,
+            chunk,
+            slot,
+            stage: std::cell::Cell::new(Stage::Registered),
+        }
+    }
+
+    /// begin_migration succeeded: the chunk is ours to end.
+    fn begun(&self) {
+        self.stage.set(Stage::Begun);
+    }
+
+    /// The normal end: ends the migration without a switch if
+    /// `end_migration` (the caller's hold and MIGRATING are released),
+    /// and frees the dirty slot.
+    fn end(&self, end_migration: bool) {
+        if end_migration {
+            self.volume.chunk_map().end_migration(self.chunk, None);
+        }
+        self.volume.dirty_tracker().unregister(self.slot);
+        self.stage.set(Stage::Ended);
+    }
+}
+
+impl Drop for EndOnUnwind<'_> {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        match self.stage.get() {
+            Stage::Ended => {}
+            Stage::Registered => self.end(false),
+            Stage::Begun => {
+                log::error!(
+                    "volume '{}': migration of chunk {} interrupted by a panic; ended without a switch",
+                    self.volume.name(),
+                    self.chunk
+                );
+                self.end(true);
+            }
         }
     }
 }

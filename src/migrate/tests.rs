@@ -206,3 +206,45 @@ fn writes_during_migration_are_not_lost() {
         "no extent leaked once the switches are durable"
     );
 }
+
+#[test]
+fn a_panic_inside_a_migration_releases_the_chunk_and_its_slot() {
+    // migrate_chunk's steps up to the hold, then a panic (the brain
+    // catches it and goes on): the chunk must not stay held, which would
+    // block every later I/O on it, nor migrating, nor keep its slot.
+    let dir = tempfile::tempdir().unwrap();
+    let v = open(dir.path());
+    let data = pattern(CHUNK as usize, 5);
+    v.write_at(2 * CHUNK, &data).unwrap();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let slot = v.dirty_tracker().register(2).unwrap();
+        let guard = EndOnUnwind::new(&v, 2, slot);
+        v.chunk_map().begin_migration(2).unwrap();
+        guard.begun();
+        assert!(v.chunk_map().try_hold_idle(2));
+        panic!("injected panic during a migration");
+    }));
+    assert!(r.is_err());
+    assert_eq!(
+        v.block_metadata(2).state,
+        ChunkState::Allocated,
+        "chunk left held or migrating"
+    );
+    let slots: Vec<usize> = (0..crate::volume::dirty::SLOTS as u32)
+        .map_while(|c| v.dirty_tracker().register(100 + c))
+        .collect();
+    assert_eq!(slots.len(), crate::volume::dirty::SLOTS, "slot leaked");
+    for s in slots {
+        v.dirty_tracker().unregister(s);
+    }
+    // I/O and later migrations of the chunk go on.
+    let mut back = vec![0u8; CHUNK as usize];
+    v.read_at(2 * CHUNK, &mut back).unwrap();
+    assert!(back == data);
+    let from = v.block_metadata(2).tier.unwrap();
+    let to = if from == 0 { 2 } else { 0 };
+    let out = migrate_chunk(&v, 2, to, &mut RateLimiter::new(0.0)).unwrap();
+    assert_eq!(out, Outcome::Moved { from, to });
+    v.read_at(2 * CHUNK, &mut back).unwrap();
+    assert!(back == data);
+}

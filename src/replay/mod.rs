@@ -244,8 +244,7 @@ mod tests {
     }
 
     fn slice() -> Vec<Request> {
-        let dir = trace::shared_traces_dir();
-        let mut reqs = trace::read_all(&dir.join("msr_hm_0_excerpt.csv")).unwrap();
+        let mut reqs = trace::read_all(&trace::vendored_trace("msr_hm_0_excerpt.csv")).unwrap();
         reqs.truncate(3000);
         reqs
     }

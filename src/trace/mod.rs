@@ -1,6 +1,6 @@
 //! Streaming readers for block I/O traces.
 //!
-//! Two formats are understood (see `../shared/traces/README.md`):
+//! Two formats are understood (see `traces/README.md`):
 //! the normalized CSV (`ts_s,dev,op,offset_bytes,size_bytes` with a header)
 //! and the MSR Cambridge CSV (`Timestamp,Hostname,DiskNumber,Type,Offset,
 //! Size,ResponseTime`, no header, FILETIME ticks). Readers never load a whole
@@ -225,21 +225,22 @@ pub fn read_all(path: &Path) -> Result<Vec<Request>> {
     TraceReader::open(path)?.collect()
 }
 
-/// The shared real traces (`../shared/traces` beside the repository, or
-/// `$TIERBLK_TRACES`). Tests that need them fail with this message when the
-/// folder is missing rather than passing silently.
+/// A real trace vendored in the repository's `traces/` folder (see
+/// `traces/README.md`). Tests that need one fail with this message when the
+/// file is missing rather than passing silently.
 #[cfg(test)]
-pub(crate) fn shared_traces_dir() -> PathBuf {
-    let dir = std::env::var_os("TIERBLK_TRACES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/traces"));
+pub(crate) fn vendored_trace(name: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("traces")
+        .join(name);
     assert!(
-        dir.join("README.md").is_file(),
-        "shared traces not found at {} (set TIERBLK_TRACES to the folder holding \
-         cloudphysics_vm.csv, msr_hm_0_excerpt.csv, hplajw_1week.csv, arc_P3.csv)",
-        dir.display()
+        path.is_file(),
+        "vendored trace {} not found: the repository's traces/ folder should hold \
+         cloudphysics_vm.csv, msr_hm_0_excerpt.csv, msr_hm_0_excerpt.msr.csv, \
+         hplajw_1week.csv and arc_P3.csv (see traces/README.md)",
+        path.display()
     );
-    dir
+    path
 }
 
 fn field<'a>(fields: &mut std::str::Split<'a, char>, lines: &Lines, name: &str) -> Result<&'a str> {

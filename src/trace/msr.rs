@@ -114,10 +114,11 @@ mod tests {
     }
 
     #[test]
-    fn shared_msr_excerpt_matches_its_normalized_copy() {
-        let dir = crate::trace::shared_traces_dir();
-        let msr = crate::trace::read_all(&dir.join("msr_hm_0_excerpt.msr.csv")).unwrap();
-        let norm = crate::trace::read_all(&dir.join("msr_hm_0_excerpt.csv")).unwrap();
+    fn vendored_msr_excerpt_matches_its_normalized_copy() {
+        let msr = crate::trace::read_all(&crate::trace::vendored_trace("msr_hm_0_excerpt.msr.csv"))
+            .unwrap();
+        let norm =
+            crate::trace::read_all(&crate::trace::vendored_trace("msr_hm_0_excerpt.csv")).unwrap();
         assert_eq!(msr.len(), norm.len());
         assert_eq!(msr.len(), 7016);
         for (a, b) in msr.iter().zip(&norm) {

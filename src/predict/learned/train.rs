@@ -443,7 +443,7 @@ mod tests {
     #[test]
     fn training_twice_with_same_seed_gives_identical_weights() {
         let cfg = TrainConfig {
-            traces: vec![trace::shared_traces_dir().join("msr_hm_0_excerpt.csv")],
+            traces: vec![trace::vendored_trace("msr_hm_0_excerpt.csv")],
             chunk_sizes: vec![1 << 20],
             epoch_requests: 200,
             train_fraction: 1.0,
