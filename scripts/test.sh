@@ -21,7 +21,7 @@ cargo clippy --all-targets -- -D warnings
 step "cargo test (unit tests, virtqueue tests, whole-daemon and data-safety tests through blkio)"
 cargo test
 
-step "fault and chaos tests (kill -9 during migration, reconnects with I/O in flight, full tmpfs tier)"
+step "fault and chaos tests (kill -9 during migration, reconnects with I/O in flight, full tmpfs tier, full metadata filesystem)"
 cargo test --test chaos -- --ignored --nocapture --test-threads=1
 
 step "real guests: QEMU (TCG) + Linux + fio through tierblk, restart, corruption, libvirt"

@@ -199,6 +199,37 @@ pub struct Emulate {
     pub bandwidth_mibps: u64,
 }
 
+/// How an injected fault fails an operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FaultKind {
+    /// The operation fails with EIO.
+    Eio,
+    /// Only half of the bytes are transferred.
+    Short,
+}
+
+fn default_fault_every() -> u64 {
+    1
+}
+
+/// TEST ONLY: faults injected into a tier's operations (SPDK error-bdev
+/// style), to test that a failing device fails only what touches it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fault {
+    #[serde(default)]
+    pub reads: bool,
+    #[serde(default)]
+    pub writes: bool,
+    #[serde(default)]
+    pub syncs: bool,
+    pub kind: FaultKind,
+    /// Every Nth matching operation fails (1 = all).
+    #[serde(default = "default_fault_every")]
+    pub every: u64,
+}
+
 /// One class of storage.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -219,6 +250,9 @@ pub struct TierDefinition {
     pub direct_io: bool,
     #[serde(default)]
     pub emulate: Option<Emulate>,
+    /// TEST ONLY: injected faults; never set in production.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<Fault>,
 }
 
 /// How placement chooses tiers for a volume.
@@ -584,6 +618,9 @@ fn validate_tier(t: &TierDefinition, key: &dyn Fn(&str) -> String) -> Result<()>
             t.capacity,
             "must be greater than 0",
         ));
+    }
+    if t.fault.as_ref().is_some_and(|f| f.every == 0) {
+        return Err(invalid(key("fault.every"), 0, "must be at least 1"));
     }
     if !(t.cost_per_gb.is_finite() && t.cost_per_gb >= 0.0) {
         return Err(invalid(

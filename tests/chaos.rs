@@ -351,3 +351,67 @@ fn a_tier_on_a_small_tmpfs_fills_then_serves_again_once_freed() {
         "chaos tmpfs: tier full after {written} chunks, {refused} writes refused, 2 MiB freed, {rewritten} reused extents zeroed and written"
     );
 }
+
+#[test]
+#[ignore = "chaos: run by scripts/test.sh with --ignored --nocapture"]
+fn a_full_metadata_filesystem_fails_flushes_until_space_returns() {
+    // The store on a small tmpfs, filled up by another file: commits fail
+    // (the guest's FLUSH gets IOERR), and once the file is gone the store
+    // is reopened and the next FLUSH commits everything before it.
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    if mount_tmpfs(&state, 8 * MIB).is_none() {
+        panic!("mounting a tmpfs failed: this test needs root (scripts/test.sh runs as root)");
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            umount(&self.0);
+        }
+    }
+    let _guard = Unmount(state.clone());
+    let config = write_config(dir.path(), &tiers3(), &[VolumeSpec::default()]);
+    let mut d = Daemon::start_at(dir, config);
+    let mut c = Client::connect(&d.socket("vol0"), 1, false).unwrap();
+    let data = pattern(4096, 11);
+    assert_eq!(c.write(0, 0, &data), 0);
+    assert_eq!(c.flush(0), 0, "{}", d.log());
+    // Fill the store's filesystem.
+    let filler = state.join("filler");
+    let _ = std::process::Command::new("dd")
+        .args(["if=/dev/zero", "bs=64k"])
+        .arg(format!("of={}", filler.display()))
+        .stderr(std::process::Stdio::null())
+        .status();
+    // New chunks need new chunk-map entries: the commit needs room.
+    let (mut failed_flushes, mut chunk) = (0, 1u64);
+    while failed_flushes == 0 && chunk < 256 {
+        for _ in 0..16 {
+            assert_eq!(c.write(0, chunk * 64 * KIB, &pattern(4096, chunk)), 0);
+            chunk += 1;
+        }
+        failed_flushes += (c.flush(0) != 0) as u32;
+    }
+    assert!(
+        failed_flushes > 0,
+        "no flush failed on a full filesystem:\n{}",
+        d.log()
+    );
+    std::fs::remove_file(&filler).unwrap();
+    assert_eq!(c.flush(0), 0, "flush after space returned:\n{}", d.log());
+    drop(c);
+    d.kill9();
+    d.restart();
+    let mut c = Client::connect(&d.socket("vol0"), 1, false).unwrap();
+    for i in 1..chunk {
+        let (r, back) = c.read(0, i * 64 * KIB, 4096);
+        assert!(
+            r == 0 && back == pattern(4096, i),
+            "chunk {i} lost after kill -9"
+        );
+    }
+    println!(
+        "chaos full store: {failed_flushes} flush(es) failed while the store's filesystem was full, recovered without restart, {} chunks verified after kill -9",
+        chunk - 1
+    );
+}

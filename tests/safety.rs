@@ -372,3 +372,116 @@ fn a_double_referenced_extent_refuses_only_the_volumes_involved() {
         "{log}"
     );
 }
+
+/// Numbers before `word` in the brain's epoch lines, summed.
+fn epoch_sum(log: &str, word: &str) -> u64 {
+    log.lines()
+        .filter(|l| l.contains("moves planned"))
+        .filter_map(|l| {
+            let i = l.find(word)?;
+            l[..i].trim_end().rsplit(' ').next()?.parse::<u64>().ok()
+        })
+        .sum()
+}
+
+#[test]
+fn a_failing_tier_fails_only_what_touches_it_and_never_switches_a_migration() {
+    let pinned = |name, tier| VolumeSpec {
+        name,
+        extra: if tier == 1 {
+            "tiering_enabled = false\npinned_tier = 1"
+        } else {
+            "tiering_enabled = false\npinned_tier = 2"
+        },
+        ..VolumeSpec::default()
+    };
+    // No epoch until phase 3, so c's chunks stay on tier 2 where written.
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &tiers3(),
+        &[pinned("a", 2), pinned("b", 1), vol("c")],
+    );
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("epoch_secs = 1\n", "epoch_secs = 600\n"),
+    )
+    .unwrap();
+    let mut d = Daemon::start_at(dir, config);
+    for (i, v) in ["a", "b", "c"].iter().enumerate() {
+        fill(&d, v, 2 * MIB, 20 + i as u64);
+    }
+    d.stop();
+    let full = std::fs::read_to_string(&d.config).unwrap();
+    let with_fault = |tier: usize, fault: &str| {
+        let at = full.find(&format!("name = \"tier{tier}\"")).unwrap();
+        let end = at + full[at..].find("\n[[").unwrap();
+        format!("{}\nfault = {fault}{}", &full[..end], &full[end..])
+    };
+    // Tier 1 (volume b's) fails every read, write and sync.
+    std::fs::write(
+        &d.config,
+        with_fault(
+            1,
+            "{ reads = true, writes = true, syncs = true, kind = \"eio\" }",
+        ),
+    )
+    .unwrap();
+    d.restart();
+    {
+        let mut b = Client::connect(&d.socket("b"), 1, false).unwrap();
+        let mut failed = 0;
+        for i in 0..200u64 {
+            failed += (b.read(0, (i % 32) * 64 * KIB, 4096).0 != 0) as u64;
+        }
+        assert_eq!(failed, 200, "every read of the failing tier fails");
+        assert_ne!(b.write(0, 0, &pattern(4096, 99)), 0);
+        assert_ne!(b.flush(0), 0, "b's unsynced write is on the failing tier");
+    }
+    // Volume a never touched tier 1: reads, writes and its flushes work.
+    verify(&d, "a", 2 * MIB, 20);
+    fill(&d, "a", MIB, 30);
+    verify(&d, "c", 2 * MIB, 22);
+    let log = d.log();
+    let io_lines = log
+        .lines()
+        .filter(|l| l.contains("Input/output error"))
+        .count();
+    assert!(
+        (1..30).contains(&io_lines),
+        "201 failed requests: logged, but not each one ({io_lines} lines)"
+    );
+    d.stop();
+    // Tier 2 (a's and c's) gives short reads: c's hot chunks cannot be
+    // copied to tier 0, so no migration may switch.
+    std::fs::write(
+        &d.config,
+        with_fault(2, "{ reads = true, kind = \"short\" }")
+            .replace("epoch_secs = 600\n", "epoch_secs = 1\n"),
+    )
+    .unwrap();
+    d.restart();
+    {
+        let mut c = Client::connect(&d.socket("c"), 1, false).unwrap();
+        let t = std::time::Instant::now();
+        while t.elapsed() < std::time::Duration::from_millis(3500) {
+            for i in 0..8 {
+                assert_ne!(c.read(0, i * 64 * KIB, 4096).0, 0, "short read must fail");
+            }
+        }
+    }
+    let log = d.log();
+    assert!(
+        epoch_sum(&log, " failed") > 0,
+        "a promotion off the failing tier was tried:\n{log}"
+    );
+    d.stop();
+    // Faults gone: every volume holds exactly what was acknowledged.
+    std::fs::write(&d.config, &full).unwrap();
+    d.restart();
+    verify(&d, "a", MIB, 30);
+    verify(&d, "b", 2 * MIB, 21);
+    verify(&d, "c", 2 * MIB, 22);
+    assert!(!d.log().contains("panicked"), "{}", d.log());
+}

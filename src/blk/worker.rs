@@ -25,6 +25,8 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::request::{self, GuestBuf, Kind, Limits, Request, RequestBufs, ZeroSegment};
 use crate::{
     blk::VIRTIO_BLK_ID_BYTES,
+    config::FaultKind,
+    tier::fault::Op,
     volume::{FlushTicket, Segment, Target, Volume},
 };
 
@@ -529,7 +531,23 @@ impl Worker {
                         slot.failed = true;
                         continue;
                     };
-                    let iov = &slot.op_iov[start..];
+                    let op = if write { Op::Write } else { Op::Read };
+                    let mut end = slot.op_iov.len();
+                    match t.fault_hit(op) {
+                        None => {}
+                        Some(FaultKind::Eio) => {
+                            log_io_error(volume, write, libc::EIO);
+                            slot.failed = true;
+                            continue;
+                        }
+                        // Half of the first buffer only: the transfer
+                        // comes back short and the request fails.
+                        Some(FaultKind::Short) => {
+                            slot.op_iov[start].iov_len /= 2;
+                            end = start + 1;
+                        }
+                    }
+                    let iov = &slot.op_iov[start..end];
                     let direct = t.has_direct_io()
                         && offset % DIRECT_ALIGN == 0
                         && iov.iter().all(|v| {
@@ -582,6 +600,10 @@ impl Worker {
         volume.note_written(&slot.segs);
         slot.synced = volume.take_unsynced();
         for t in volume.tiers_in(slot.synced) {
+            if t.fault_hit(Op::Sync).is_some() {
+                slot.failed = true;
+                continue;
+            }
             let sqe = opcode::Fsync::new(types::Fd(t.fd(false)))
                 .flags(types::FsyncFlags::DATASYNC)
                 .build()
@@ -674,19 +696,7 @@ impl Worker {
         }
         let slot = &mut self.slots[idx as usize];
         if res < 0 {
-            // A failing tier device fails every request.
-            if let Some(n) = count_for_log(&IO_ERRORS) {
-                warn!(
-                    "volume '{}': {} failed: {} ({n} I/O errors so far)",
-                    self.shared.volume.name(),
-                    if slot.kind == Kind::Write {
-                        "write"
-                    } else {
-                        "read"
-                    },
-                    std::io::Error::from_raw_os_error(-res)
-                );
-            }
+            log_io_error(&self.shared.volume, slot.kind == Kind::Write, -res);
             slot.failed = true;
         } else {
             slot.done += res as u64;
@@ -703,13 +713,16 @@ impl Worker {
     fn finish(&mut self, vring: &VringRwLock, idx: u16) -> bool {
         let slot = &mut self.slots[idx as usize];
         if slot.done != slot.expect {
-            warn!(
-                "volume '{}': request {}: {} of {} bytes transferred",
-                self.shared.volume.name(),
-                slot.head,
-                slot.done,
-                slot.expect
-            );
+            // A device giving short transfers gives them for every request.
+            if let Some(n) = count_for_log(&IO_ERRORS) {
+                warn!(
+                    "volume '{}': request {}: {} of {} bytes transferred ({n} I/O errors so far)",
+                    self.shared.volume.name(),
+                    slot.head,
+                    slot.done,
+                    slot.expect
+                );
+            }
             slot.failed = true;
         }
         let write = slot.kind == Kind::Write;
@@ -882,6 +895,19 @@ fn complete_now(
 fn count_for_log(counter: &AtomicU64) -> Option<u64> {
     let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
     n.is_power_of_two().then_some(n)
+}
+
+/// Logs a failed tier read or write; a failing tier device fails every
+/// request, so only the 1st, 2nd, 4th … are logged, with the count.
+fn log_io_error(volume: &Volume, write: bool, errno: i32) {
+    if let Some(n) = count_for_log(&IO_ERRORS) {
+        warn!(
+            "volume '{}': {} failed: {} ({n} I/O errors so far)",
+            volume.name(),
+            if write { "write" } else { "read" },
+            std::io::Error::from_raw_os_error(errno)
+        );
+    }
 }
 
 /// Chains that could not be returned to their driver, over all queues.

@@ -227,6 +227,14 @@ pub fn open(cfg: &Config, opts: &ServeOptions) -> crate::Result<Opened> {
     }
     let store = Arc::new(Store::open(&cfg.daemon.state_dir)?);
     let tiers = Arc::new(TierSet::open(&cfg.tiers, &store)?);
+    for t in tiers.iter() {
+        if let Some(f) = &t.definition().fault {
+            warn!(
+                "tier '{}': TEST-ONLY fault injection is on ({f:?}); never use this in production",
+                t.name()
+            );
+        }
+    }
     let found = audit::audit(&store, &tiers)?;
     let mut volumes = Vec::new();
     let mut brains = Vec::new();

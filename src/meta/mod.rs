@@ -11,6 +11,10 @@ use std::{
     fs::OpenOptions,
     os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        RwLock, RwLockReadGuard,
+    },
 };
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
@@ -41,6 +45,10 @@ pub enum Error {
     Busy { path: PathBuf },
     #[error("metadata store {path}: {reason}")]
     Format { path: PathBuf, reason: String },
+    #[error(
+        "metadata store {path} is unavailable after an I/O error and could not be reopened yet"
+    )]
+    Unavailable { path: PathBuf },
     #[error("metadata store {path}: corrupt record for {what}: {reason}")]
     Corrupt {
         path: PathBuf,
@@ -50,6 +58,21 @@ pub enum Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+fn open_db(path: &Path) -> Result<Database> {
+    redb::Builder::new()
+        .set_check_integrity_on_open(true)
+        .create(path)
+        .map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => Error::Busy {
+                path: path.to_path_buf(),
+            },
+            e => Error::Db {
+                path: path.to_path_buf(),
+                source: e.into(),
+            },
+        })
+}
 
 /// What the store knows of a tier: its definition as last opened and the
 /// UUID its device header carries.
@@ -61,10 +84,27 @@ pub struct TierRecord {
 
 #[derive(Debug)]
 pub struct Store {
-    db: Database,
+    /// None while the store could not be reopened after an I/O error.
+    db: RwLock<Option<Database>>,
     path: PathBuf,
     /// The store file was created (or found empty) by this open.
     fresh: bool,
+    /// An I/O error was seen: redb refuses every later operation
+    /// ("previous I/O error") until the database is reopened, which the
+    /// next operation tries (e.g. once a full filesystem has room again).
+    broken: AtomicBool,
+}
+
+/// A read lock on the open database.
+struct DbGuard<'a>(RwLockReadGuard<'a, Option<Database>>);
+
+impl std::ops::Deref for DbGuard<'_> {
+    type Target = Database;
+    fn deref(&self) -> &Database {
+        self.0
+            .as_ref()
+            .expect("DbGuard is made only over an open database")
+    }
 }
 
 impl Store {
@@ -100,17 +140,13 @@ impl Store {
         }
         let fresh = meta.len() == 0;
         drop(file);
-        let db = redb::Builder::new()
-            .set_check_integrity_on_open(true)
-            .create(&path)
-            .map_err(|e| match e {
-                redb::DatabaseError::DatabaseAlreadyOpen => Error::Busy { path: path.clone() },
-                e => Error::Db {
-                    path: path.clone(),
-                    source: e.into(),
-                },
-            })?;
-        let s = Self { db, path, fresh };
+        let db = open_db(&path)?;
+        let s = Self {
+            db: RwLock::new(Some(db)),
+            path,
+            fresh,
+            broken: AtomicBool::new(false),
+        };
         s.check_format()?;
         Ok(s)
     }
@@ -156,10 +192,45 @@ impl Store {
     }
 
     fn err(&self, e: impl Into<redb::Error>) -> Error {
+        let source = e.into();
+        if matches!(source, redb::Error::Io(_) | redb::Error::PreviousIo) {
+            self.broken.store(true, Ordering::Release);
+        }
         Error::Db {
             path: self.path.clone(),
-            source: e.into(),
+            source,
         }
+    }
+
+    /// The open database; after an I/O error, first reopens it.
+    fn db(&self) -> Result<DbGuard<'_>> {
+        if self.broken.load(Ordering::Acquire) {
+            self.reopen()?;
+        }
+        let g = self.db.read().unwrap_or_else(|p| p.into_inner());
+        if g.is_none() {
+            return Err(Error::Unavailable {
+                path: self.path.clone(),
+            });
+        }
+        Ok(DbGuard(g))
+    }
+
+    fn reopen(&self) -> Result<()> {
+        let mut g = self.db.write().unwrap_or_else(|p| p.into_inner());
+        if !self.broken.load(Ordering::Acquire) {
+            return Ok(()); // another thread reopened it meanwhile
+        }
+        // Close first: redb holds a lock on the file while open.
+        drop(g.take());
+        let db = open_db(&self.path)?;
+        *g = Some(db);
+        self.broken.store(false, Ordering::Release);
+        log::info!(
+            "metadata store {}: reopened after an I/O error",
+            self.path.display()
+        );
+        Ok(())
     }
 
     /// Runs `f` in one write transaction and commits it durably.
@@ -167,7 +238,8 @@ impl Store {
         &self,
         f: impl FnOnce(&redb::WriteTransaction) -> std::result::Result<T, redb::Error>,
     ) -> Result<T> {
-        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        let db = self.db()?;
+        let tx = db.begin_write().map_err(|e| self.err(e))?;
         let v = f(&tx).map_err(|e| self.err(e))?;
         tx.commit().map_err(|e| self.err(e))?;
         Ok(v)
@@ -175,7 +247,8 @@ impl Store {
 
     /// Every tier the store knows.
     pub fn tiers(&self) -> Result<Vec<TierRecord>> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let db = self.db()?;
+        let tx = db.begin_read().map_err(|e| self.err(e))?;
         let table = tx.open_table(TIERS).map_err(|e| self.err(e))?;
         let mut out = Vec::new();
         for row in table.iter().map_err(|e| self.err(e))? {
@@ -233,7 +306,8 @@ impl Store {
 
     /// Calls `f(volume, chunk, entry)` for every stored chunk-map entry.
     pub fn for_each_chunk(&self, mut f: impl FnMut(&str, u32, u64)) -> Result<()> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let db = self.db()?;
+        let tx = db.begin_read().map_err(|e| self.err(e))?;
         let table = tx.open_table(CHUNKS).map_err(|e| self.err(e))?;
         for row in table.iter().map_err(|e| self.err(e))? {
             let (k, v) = row.map_err(|e| self.err(e))?;
@@ -264,7 +338,8 @@ impl Store {
     }
 
     pub fn volume(&self, name: &str) -> Result<Option<VolumeMetadata>> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let db = self.db()?;
+        let tx = db.begin_read().map_err(|e| self.err(e))?;
         let table = tx.open_table(VOLUMES).map_err(|e| self.err(e))?;
         let Some(v) = table.get(name).map_err(|e| self.err(e))? else {
             return Ok(None);
@@ -279,7 +354,8 @@ impl Store {
     }
 
     pub fn volume_names(&self) -> Result<Vec<String>> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let db = self.db()?;
+        let tx = db.begin_read().map_err(|e| self.err(e))?;
         let table = tx.open_table(VOLUMES).map_err(|e| self.err(e))?;
         let mut out = Vec::new();
         for row in table.iter().map_err(|e| self.err(e))? {
@@ -301,7 +377,8 @@ impl Store {
 
     /// All stored chunk-map entries of a volume, as (chunk, entry).
     pub fn chunk_map(&self, volume: &str) -> Result<Vec<(u32, u64)>> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let db = self.db()?;
+        let tx = db.begin_read().map_err(|e| self.err(e))?;
         let table = tx.open_table(CHUNKS).map_err(|e| self.err(e))?;
         let mut out = Vec::new();
         for row in table
@@ -341,7 +418,8 @@ impl Store {
     }
 
     pub fn heatmap(&self, volume: &str) -> Result<Option<Vec<u8>>> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let db = self.db()?;
+        let tx = db.begin_read().map_err(|e| self.err(e))?;
         let table = tx.open_table(HEATMAPS).map_err(|e| self.err(e))?;
         Ok(table
             .get(volume)

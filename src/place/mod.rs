@@ -105,6 +105,7 @@ mod tests {
             path: PathBuf::from("/tmp"),
             direct_io: false,
             emulate: None,
+            fault: None,
         }
     }
 

@@ -9,6 +9,7 @@
 
 mod emulate;
 pub mod extent;
+pub mod fault;
 pub mod header;
 mod set;
 
@@ -127,6 +128,7 @@ pub struct Tier {
     alloc: Mutex<ExtentAllocator>,
     emulator: Option<Emulator>,
     zero_method: AtomicU8,
+    fault: Option<fault::FaultInjector>,
     /// This open made the device a tier (created the extent file, or wrote
     /// the header of a block device).
     made_new: bool,
@@ -231,6 +233,7 @@ impl Tier {
             alloc: Mutex::new(alloc),
             emulator: def.emulate.as_ref().map(Emulator::new),
             zero_method: AtomicU8::new(ZERO_BY_ZERO_RANGE),
+            fault: def.fault.as_ref().map(fault::FaultInjector::new),
             made_new,
         })
     }
@@ -297,13 +300,34 @@ impl Tier {
         self.emulator.as_ref()
     }
 
+    /// Whether an injected fault (tests only) fails this operation.
+    #[inline]
+    pub fn fault_hit(&self, op: fault::Op) -> Option<crate::config::FaultKind> {
+        self.fault.as_ref().and_then(|f| f.hit(op))
+    }
+
+    fn injected(&self, op: fault::Op) -> std::io::Result<()> {
+        match self.fault_hit(op) {
+            Some(crate::config::FaultKind::Eio) => {
+                Err(std::io::Error::from_raw_os_error(libc::EIO))
+            }
+            Some(crate::config::FaultKind::Short) => Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "injected short transfer",
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// Reads at an extent offset (control path, migration copies).
     pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.injected(fault::Op::Read)?;
         self.file.read_exact_at(buf, self.device_offset(offset))
     }
 
     /// Writes at an extent offset (control path, migration copies).
     pub fn write_all_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        self.injected(fault::Op::Write)?;
         self.file.write_all_at(buf, self.device_offset(offset))
     }
 
@@ -398,12 +422,14 @@ impl Tier {
 
     /// Makes written data durable.
     pub fn sync_data(&self) -> Result<()> {
-        self.file.sync_data().map_err(|source| Error::Io {
-            tier: self.def.name.clone(),
-            path: self.path.clone(),
-            what: "fdatasync",
-            source,
-        })
+        self.injected(fault::Op::Sync)
+            .and_then(|()| self.file.sync_data())
+            .map_err(|source| Error::Io {
+                tier: self.def.name.clone(),
+                path: self.path.clone(),
+                what: "fdatasync",
+                source,
+            })
     }
 }
 
@@ -717,6 +743,7 @@ mod tests {
             path: dir.to_path_buf(),
             direct_io: false,
             emulate: None,
+            fault: None,
         }
     }
 

@@ -22,6 +22,7 @@ fn tier_def(id: u8, dir: &Path, cap: u64) -> TierDefinition {
         path: d,
         direct_io: false,
         emulate: None,
+        fault: None,
     }
 }
 
