@@ -405,6 +405,26 @@ fn flush_commits_the_allocation_of_an_earlier_write() {
 }
 
 #[test]
+fn a_flush_is_committed_by_the_committer_thread_not_the_queue_thread() {
+    let mut r = Rig::new();
+    r.header(VIRTIO_BLK_T_OUT, 0);
+    assert_eq!(
+        r.submit(&[(HDR, 16, false), (DATA, 512, false), (STATUS, 1, true)])
+            .1,
+        OK
+    );
+    assert_eq!(r.volume.group_commits(), 0);
+    r.header(VIRTIO_BLK_T_FLUSH, 0);
+    assert_eq!(r.submit(&[(HDR, 16, false), (STATUS, 1, true)]), (1, OK));
+    assert_eq!(
+        r.volume.group_commits(),
+        1,
+        "the commit ran on the committer"
+    );
+    assert_eq!(r.volume.store().chunk_map("v").unwrap().len(), 1);
+}
+
+#[test]
 fn write_through_mode_makes_each_write_durable_before_completion() {
     let mut r = Rig::with_writeback(false);
     r.header(VIRTIO_BLK_T_OUT, 256);

@@ -27,7 +27,10 @@ use crate::{
     blk::VIRTIO_BLK_ID_BYTES,
     config::FaultKind,
     tier::fault::Op,
-    volume::{FlushTicket, Segment, Target, Volume},
+    volume::{
+        committer::{self, Replies},
+        FlushTicket, Segment, Target, Volume,
+    },
 };
 
 /// Chains started before the driver hears of their completions: small
@@ -82,6 +85,9 @@ struct Slot {
     /// Tiers (bit per id) this request syncs; handed back to the volume if
     /// the sync fails, so the next flush tries them again.
     synced: u32,
+    /// Synced; waiting for the committer to make the chunk-map changes
+    /// before it durable (no kernel I/O in flight).
+    committing: bool,
 }
 
 impl Slot {
@@ -103,6 +109,7 @@ impl Slot {
             timer: types::Timespec::new(),
             ticket: None,
             synced: 0,
+            committing: false,
         }
     }
 }
@@ -110,6 +117,8 @@ impl Slot {
 pub struct Worker {
     ring: IoUring,
     completion: EventFd,
+    /// The committer's answers for this queue's FLUSHes.
+    replies: Arc<Replies>,
     shared: Arc<Shared>,
     slots: Vec<Slot>,
     free: Vec<u16>,
@@ -152,10 +161,12 @@ impl Worker {
         let ring = IoUring::builder().build((n * 2).next_power_of_two() as u32)?;
         let completion = EventFd::new(EFD_NONBLOCK)?;
         ring.submitter().register_eventfd(completion.as_raw_fd())?;
+        let replies = Replies::new(n, completion.try_clone()?);
         let timed = shared.volume.tiers().iter().any(|t| t.emulator().is_some());
         Ok(Self {
             ring,
             completion,
+            replies,
             shared,
             slots: (0..n).map(|_| Slot::new(n)).collect(),
             free: (0..n as u16).rev().collect(),
@@ -454,6 +465,7 @@ impl Worker {
             1
         };
         slot.ticket = None;
+        slot.committing = false;
         slot.host.clear();
         slot.op_iov.clear();
         slot.segs.clear();
@@ -617,6 +629,9 @@ impl Worker {
     pub fn process_completions(&mut self, vring: &VringRwLock) {
         let _ = self.completion.read();
         let (n, mut used) = self.reap(vring);
+        while let Some((idx, ok)) = self.replies.pop() {
+            used |= self.committed(vring, idx, ok);
+        }
         self.inline_score = (self.inline_score - n as i32).max(-INLINE_SCORE_MAX);
         used |= self.submit_and_reap(vring);
         if used {
@@ -728,6 +743,12 @@ impl Worker {
         let write = slot.kind == Kind::Write;
         if let Some(ticket) = slot.ticket.take() {
             if !slot.failed {
+                // The store commit runs on the committer thread; its answer
+                // comes back through `replies` and the completion eventfd.
+                if committer::submit(&self.shared.volume, ticket, &self.replies, idx) {
+                    slot.committing = true;
+                    return false;
+                }
                 if let Err(e) = self.shared.volume.commit(ticket) {
                     warn!("{e}");
                     slot.failed = true;
@@ -746,7 +767,27 @@ impl Worker {
             }
             return self.finish(vring, idx);
         }
+        self.finish_request(vring, idx)
+    }
+
+    /// The committer's answer for a slot's FLUSH (or write-through write).
+    fn committed(&mut self, vring: &VringRwLock, idx: u16, ok: bool) -> bool {
+        let Some(slot) = self.slots.get_mut(idx as usize) else {
+            return false;
+        };
+        if !slot.committing {
+            return false;
+        }
+        slot.committing = false;
+        slot.failed |= !ok;
+        self.finish_request(vring, idx)
+    }
+
+    /// Completes a request whose I/O (and commit) is done, after the
+    /// emulated tier delay if there is one.
+    fn finish_request(&mut self, vring: &VringRwLock, idx: u16) -> bool {
         let slot = &mut self.slots[idx as usize];
+        let write = slot.kind == Kind::Write;
         let delay = if self.timed && !slot.failed {
             emulated_delay(&self.shared.volume, &slot.segs, write, slot.started)
         } else {
@@ -789,6 +830,14 @@ impl Drop for Worker {
     fn drop(&mut self) {
         // The kernel may still write into guest memory for requests in
         // flight: wait for them before the mappings they hold are dropped.
+        // A FLUSH waiting for the committer has no I/O in flight: its
+        // answer goes to `replies`, which outlives this worker.
+        for slot in self.slots.iter_mut().filter(|s| s.committing) {
+            release_pins(&self.shared.volume, slot.kind, &slot.segs);
+            slot.segs.clear();
+            slot.mem = None;
+            slot.committing = false;
+        }
         let mut waited = 0;
         while self.slots.iter().any(|s| s.mem.is_some()) && waited < 10_000 {
             let _ = self.ring.submit_and_wait(1);

@@ -427,10 +427,16 @@ pub fn serve(cfg: &Config, opts: &ServeOptions) -> crate::Result<()> {
     Ok(())
 }
 
-/// Flushes every volume and removes the sockets this daemon made.
+/// Flushes every volume, makes the saved heat maps durable and removes the
+/// sockets this daemon made.
 fn shut_down(volumes: &[Arc<Volume>], bound: &[socket::Bound]) {
     for v in volumes {
         if let Err(e) = v.flush() {
+            error!("{e}");
+        }
+    }
+    if let Some(v) = volumes.first() {
+        if let Err(e) = v.store().sync() {
             error!("{e}");
         }
     }

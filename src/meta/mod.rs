@@ -238,8 +238,20 @@ impl Store {
         &self,
         f: impl FnOnce(&redb::WriteTransaction) -> std::result::Result<T, redb::Error>,
     ) -> Result<T> {
+        self.write_with(redb::Durability::Immediate, f)
+    }
+
+    /// Like `write`; with `Durability::None` the commit becomes durable
+    /// only with the next immediate one (no fsync of its own).
+    fn write_with<T>(
+        &self,
+        durability: redb::Durability,
+        f: impl FnOnce(&redb::WriteTransaction) -> std::result::Result<T, redb::Error>,
+    ) -> Result<T> {
         let db = self.db()?;
-        let tx = db.begin_write().map_err(|e| self.err(e))?;
+        let mut tx = db.begin_write().map_err(|e| self.err(e))?;
+        tx.set_durability(durability)
+            .map_err(|e| self.err(redb::Error::from(e)))?;
         let v = f(&tx).map_err(|e| self.err(e))?;
         tx.commit().map_err(|e| self.err(e))?;
         Ok(v)
@@ -410,9 +422,21 @@ impl Store {
         })
     }
 
+    /// Saves a heat map without an fsync of its own: it is a hint for a
+    /// warm restart, made durable by the next chunk-map commit, and saving
+    /// it must not hold the store's writer for long.
     pub fn put_heatmap(&self, volume: &str, bytes: &[u8]) -> Result<()> {
-        self.write(|tx| {
+        self.write_with(redb::Durability::None, |tx| {
             tx.open_table(HEATMAPS)?.insert(volume, bytes)?;
+            Ok(())
+        })
+    }
+
+    /// Makes every earlier commit durable, the lazy ones included (an
+    /// empty immediate commit).
+    pub fn sync(&self) -> Result<()> {
+        self.write(|tx| {
+            tx.open_table(FORMAT)?;
             Ok(())
         })
     }

@@ -3,6 +3,7 @@
 //! flush do to the volume), free of virtio, testable with plain buffers.
 
 pub mod chunk_map;
+pub mod committer;
 pub mod dirty;
 
 use std::sync::{
@@ -114,7 +115,8 @@ impl Pending {
 }
 
 /// What a flush must make durable: every chunk-map change made before it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A later ticket covers everything an earlier one does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct FlushTicket(u64);
 
 #[derive(Debug)]
@@ -137,6 +139,8 @@ pub struct Volume {
     /// sync, so a flush syncs only those (a failed tier the volume has no
     /// new data on does not fail its flushes).
     unsynced: AtomicU32,
+    /// Store commits the committer thread made for this volume's FLUSHes.
+    group_commits: std::sync::atomic::AtomicU64,
 }
 
 /// Score → tier by the seed's thresholds (≥ 0.8 fastest, ≥ 0.3 middle, else
@@ -224,6 +228,7 @@ impl Volume {
             dirty: dirty::DirtyTracker::default(),
             counters: crate::profile::ChunkCounters::new(chunks),
             unsynced: AtomicU32::new(0),
+            group_commits: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -626,6 +631,16 @@ impl Volume {
             }
         }
         Ok(())
+    }
+
+    /// Store commits the committer thread made for this volume's FLUSHes
+    /// (each covers every FLUSH that was waiting).
+    pub fn group_commits(&self) -> u64 {
+        self.group_commits.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_group_commit(&self) {
+        self.group_commits.fetch_add(1, Ordering::Relaxed);
     }
 
     /// True when chunk-map changes wait for a flush.
