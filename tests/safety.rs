@@ -485,3 +485,41 @@ fn a_failing_tier_fails_only_what_touches_it_and_never_switches_a_migration() {
     verify(&d, "c", 2 * MIB, 22);
     assert!(!d.log().contains("panicked"), "{}", d.log());
 }
+
+/// Whether user `nobody` (in group nogroup) can connect to `sock`.
+fn nobody_can_connect(sock: &Path) -> bool {
+    let st = std::process::Command::new("runuser")
+        .args(["-u", "nobody", "--", "python3", "-c"])
+        .arg(format!(
+            "import socket; s = socket.socket(socket.AF_UNIX); s.connect('{}')",
+            sock.display()
+        ))
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("runuser (this test runs as root, as scripts/test.sh does)");
+    st.success()
+}
+
+#[test]
+fn another_local_user_cannot_connect_unless_given_the_socket_group() {
+    let dir = tempfile::tempdir().unwrap();
+    // Let other users reach the socket's directory: only the socket's own
+    // mode may keep them out.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = write_config(dir.path(), &tiers3(), &[VolumeSpec::default()]);
+    let mut d = Daemon::start_at(dir, config);
+    let sock = d.socket("vol0");
+    assert!(!nobody_can_connect(&sock), "user nobody reached the volume");
+    d.stop();
+    d.edit_config(|c| {
+        c.replace(
+            "epoch_secs = 1\n",
+            "epoch_secs = 1\nsocket_mode = \"0660\"\nsocket_group = \"nogroup\"\n",
+        )
+    });
+    d.restart();
+    assert!(
+        nobody_can_connect(&sock),
+        "the socket group (QEMU's user) can connect"
+    );
+}
