@@ -136,20 +136,7 @@ fn moves(log: &str) -> u64 {
 fn kill9_at_random_moments_during_migration_loses_no_flushed_block() {
     // A small fast tier and 1-second epochs: the brain promotes and demotes
     // every epoch while the writer works on a hot set and a cold spread.
-    let tiers = vec![
-        TierSpec {
-            capacity: 2 * MIB,
-            emulate: "",
-        },
-        TierSpec {
-            capacity: 8 * MIB,
-            emulate: "",
-        },
-        TierSpec {
-            capacity: 32 * MIB,
-            emulate: "",
-        },
-    ];
+    let tiers = tiers(&[2 * MIB, 8 * MIB, 32 * MIB]);
     let kills = rounds(20);
     let mut d = Daemon::start(&tiers, &[VolumeSpec::default()]);
     let mut rng = Rng(0x5eed_1234_abcd_ef01);
@@ -256,20 +243,32 @@ fn client_reconnects_with_io_in_flight_keep_the_data() {
     assert_eq!(bad, 0);
 }
 
-/// Mounts a tmpfs of `bytes` at `dir`; None when not root (the mount needs
-/// it; CI runs as root).
-fn mount_tmpfs(dir: &std::path::Path, bytes: u64) -> Option<()> {
-    std::fs::create_dir_all(dir).unwrap();
-    let st = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
-        .arg(dir)
-        .status()
-        .ok()?;
-    st.success().then_some(())
+/// A tmpfs mounted for one test, unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `bytes` at `dir` (the mount needs root; CI and
+    /// scripts/test.sh run as root).
+    fn mount(dir: &std::path::Path, bytes: u64) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|st| st.success());
+        assert!(
+            ok,
+            "mounting a tmpfs at {} failed: this test needs root",
+            dir.display()
+        );
+        Self(dir.to_path_buf())
+    }
 }
 
-fn umount(dir: &std::path::Path) {
-    let _ = std::process::Command::new("umount").arg(dir).status();
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
 }
 
 #[test]
@@ -278,22 +277,10 @@ fn a_tier_on_a_small_tmpfs_fills_then_serves_again_once_freed() {
     // tmpfs has no FALLOC_FL_ZERO_RANGE: extent reuse takes the fallback.
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("tier0");
-    if mount_tmpfs(&mnt, 6 * MIB).is_none() {
-        panic!("mounting a tmpfs failed: this test needs root (scripts/test.sh runs as root)");
-    }
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            umount(&self.0);
-        }
-    }
-    let _guard = Unmount(mnt.clone());
+    let _tmpfs = Tmpfs::mount(&mnt, 6 * MIB);
     let config = write_config(
         dir.path(),
-        &[TierSpec {
-            capacity: 4 * MIB,
-            emulate: "",
-        }],
+        &tiers(&[4 * MIB]),
         &[VolumeSpec {
             size: 8 * MIB,
             ..VolumeSpec::default()
@@ -360,16 +347,7 @@ fn a_full_metadata_filesystem_fails_flushes_until_space_returns() {
     // is reopened and the next FLUSH commits everything before it.
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    if mount_tmpfs(&state, 8 * MIB).is_none() {
-        panic!("mounting a tmpfs failed: this test needs root (scripts/test.sh runs as root)");
-    }
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            umount(&self.0);
-        }
-    }
-    let _guard = Unmount(state.clone());
+    let _tmpfs = Tmpfs::mount(&state, 8 * MIB);
     let config = write_config(dir.path(), &tiers3(), &[VolumeSpec::default()]);
     let mut d = Daemon::start_at(dir, config);
     let mut c = Client::connect(&d.socket("vol0"), 1, false).unwrap();

@@ -65,20 +65,7 @@ fn mode(p: &Path) -> u32 {
 fn volume_left_out_of_the_config_is_kept_and_its_extents_never_reused() {
     // Room for one volume's data and a little more: had vol0's extents been
     // freed while it was out of the config, vol1 would be given them.
-    let tiers = vec![
-        TierSpec {
-            capacity: 4 * MIB,
-            emulate: "",
-        },
-        TierSpec {
-            capacity: 4 * MIB,
-            emulate: "",
-        },
-        TierSpec {
-            capacity: 12 * MIB,
-            emulate: "",
-        },
-    ];
+    let tiers = tiers(&[4 * MIB, 4 * MIB, 12 * MIB]);
     let mut d = Daemon::start(&tiers, &[vol("vol0"), vol("vol1")]);
     fill(&d, "vol0", 16 * MIB, 100);
     d.stop();

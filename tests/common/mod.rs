@@ -49,21 +49,19 @@ pub struct Daemon {
     child: Option<Child>,
 }
 
+/// Tiers of these capacities, no emulation, fastest first.
+pub fn tiers(capacities: &[u64]) -> Vec<TierSpec> {
+    capacities
+        .iter()
+        .map(|&capacity| TierSpec {
+            capacity,
+            emulate: "",
+        })
+        .collect()
+}
+
 pub fn tiers3() -> Vec<TierSpec> {
-    vec![
-        TierSpec {
-            capacity: 4 * MIB,
-            emulate: "",
-        },
-        TierSpec {
-            capacity: 4 * MIB,
-            emulate: "",
-        },
-        TierSpec {
-            capacity: 32 * MIB,
-            emulate: "",
-        },
-    ]
+    tiers(&[4 * MIB, 4 * MIB, 32 * MIB])
 }
 
 pub fn write_config(dir: &Path, tiers: &[TierSpec], vols: &[VolumeSpec]) -> PathBuf {
@@ -132,14 +130,9 @@ impl Daemon {
         self.dir.path().join(format!("tier{tier}/extents.dat"))
     }
 
-    /// Starts (again) the daemon on the same config and state.
+    /// Starts (again) the daemon on the same config and state; waits for
+    /// every volume's socket.
     pub fn restart(&mut self) {
-        assert!(self.child.is_none(), "daemon already running");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("daemon.log"))
-            .unwrap();
         let sockets: Vec<PathBuf> = std::fs::read_to_string(&self.config)
             .unwrap()
             .lines()
@@ -149,27 +142,7 @@ impl Daemon {
         for s in &sockets {
             let _ = std::fs::remove_file(s);
         }
-        let child = Command::new(env!("CARGO_BIN_EXE_tierblk"))
-            .args(["serve", "--create-dirs", "--config"])
-            .arg(&self.config)
-            .env("RUST_LOG", "debug")
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("start tierblk");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !sockets.iter().all(|s| s.exists()) {
-            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("tierblk exited early ({st}):\n{}", self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "sockets never appeared:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.spawn_and_wait(&sockets);
     }
 
     /// Starts the daemon expecting it to refuse (exit non-zero within 30 s);
@@ -209,6 +182,11 @@ impl Daemon {
 
     /// Starts the daemon and waits only for the sockets of `served`.
     pub fn restart_serving(&mut self, served: &[&str]) {
+        let sockets: Vec<PathBuf> = served.iter().map(|v| self.socket(v)).collect();
+        self.spawn_and_wait(&sockets);
+    }
+
+    fn spawn_and_wait(&mut self, sockets: &[PathBuf]) {
         assert!(self.child.is_none(), "daemon already running");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -225,7 +203,7 @@ impl Daemon {
             .expect("start tierblk");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !served.iter().all(|v| self.socket(v).exists()) {
+        while !sockets.iter().all(|s| s.exists()) {
             if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("tierblk exited early ({st}):\n{}", self.log());
             }
