@@ -13,6 +13,7 @@ mod signals;
 pub mod socket;
 
 use std::{
+    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     sync::Arc,
     thread,
@@ -221,7 +222,17 @@ pub fn open(cfg: &Config, opts: &ServeOptions) -> crate::Result<Opened> {
         }
         for v in &cfg.volumes {
             if let Some(dir) = v.socket.parent() {
-                create_dir(dir)?;
+                if !dir.exists() {
+                    create_dir(dir)?;
+                    // Searchable by QEMU's user (socket_group): the socket's
+                    // own mode is what keeps others out.
+                    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(
+                        |source| Error::CreateDir {
+                            path: dir.to_path_buf(),
+                            source,
+                        },
+                    )?;
+                }
             }
         }
     }
