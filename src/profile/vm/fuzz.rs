@@ -271,7 +271,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(fuzzing::config(6000))]
+    #![proptest_config(fuzzing::config(5000))]
 
     #[test]
     fn fuzz_vm_edited_domain_xml(
