@@ -95,9 +95,12 @@ impl FromStr for ByteSize {
             "tb" => 1_000_000_000_000,
             other => return Err(format!("'{s}': unknown size unit '{other}'")),
         };
+        // A TOML integer holds at most i64::MAX: a larger size could not be
+        // printed back (`check-config` prints the config it read).
         n.checked_mul(mult)
+            .filter(|b| *b <= i64::MAX as u64)
             .map(ByteSize)
-            .ok_or_else(|| format!("'{s}' is too large"))
+            .ok_or_else(|| format!("'{s}' is too large (at most 8388607TiB)"))
     }
 }
 
@@ -717,10 +720,16 @@ fn validate_volume(
         ));
     }
     if v.serial().len() > crate::blk::VIRTIO_BLK_ID_BYTES {
+        let max = crate::blk::VIRTIO_BLK_ID_BYTES;
         return Err(invalid(
             key("serial"),
             v.serial(),
-            format!("at most {} bytes", crate::blk::VIRTIO_BLK_ID_BYTES),
+            match v.serial {
+                Some(_) => format!("at most {max} bytes"),
+                None => format!(
+                    "at most {max} bytes; the serial defaults to the volume name: set serial, or use a name of at most {max} bytes"
+                ),
+            },
         ));
     }
     if let Some(t) = v.pinned_tier {
@@ -737,6 +746,9 @@ fn validate_volume(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod fuzz;
 
 #[cfg(test)]
 mod tests {
@@ -867,6 +879,27 @@ tiering_policy = "cost-optimized"
         assert!(e.contains("-5 is negative"), "{e}");
         let e = err_of(&GOOD.replace("size = \"2GiB\"", "size = 1.5"));
         assert!(e.contains("whole number"), "{e}");
+    }
+
+    #[test]
+    fn sizes_past_what_toml_can_print_are_rejected() {
+        // Found by fuzz_config_byte_sizes: 2^63 bytes parsed, and then
+        // `check-config` panicked printing it (TOML integers are i64).
+        let e = err_of(&GOOD.replace("capacity = \"1GiB\"", "capacity = \"8388608TiB\""));
+        assert!(e.contains("capacity") && e.contains("too large"), "{e}");
+        assert_eq!("8388607TiB".parse::<ByteSize>().unwrap().0, 8388607 << 40);
+        assert!("9223372036854775808".parse::<ByteSize>().is_err());
+        let c = Config::parse(&GOOD.replace("capacity = \"1GiB\"", "capacity = \"8388607TiB\""))
+            .unwrap();
+        assert_eq!(Config::parse(&toml::to_string(&c).unwrap()).unwrap(), c);
+    }
+
+    #[test]
+    fn serial_too_long_by_default_names_the_volume_name() {
+        // Found by fuzz_config_one_edit_names_the_key: a 21-byte volume
+        // name failed as `serial`, a key the config does not contain.
+        let e = err_of(&GOOD.replace("vm1-disk0", "vm1-disk0-0123456789ab"));
+        assert!(e.contains("serial") && e.contains("volume name"), "{e}");
     }
 
     #[test]

@@ -8,6 +8,8 @@ pub mod cost;
 pub mod daemon;
 pub mod epoch;
 pub mod error;
+#[cfg(test)]
+pub(crate) mod fuzzing;
 pub mod meta;
 pub mod migrate;
 pub mod place;

@@ -64,6 +64,14 @@ impl VmProfile {
 
     /// Parses domain XML text; the error says what is missing or wrong.
     pub fn parse(text: &str) -> std::result::Result<Self, String> {
+        // roxmltree recurses once per nesting level: a few ten thousand
+        // nested elements overflow a thread's stack (an abort, not an
+        // error), so deeper documents are refused before it sees them.
+        if nesting_depth(text) > MAX_XML_DEPTH {
+            return Err(format!(
+                "not well-formed XML: elements nested deeper than {MAX_XML_DEPTH} levels"
+            ));
+        }
         let doc = Document::parse(text).map_err(|e| format!("not well-formed XML: {e}"))?;
         let root = doc.root_element();
         if root.tag_name().name() != "domain" {
@@ -218,6 +226,61 @@ pub fn initial_heat_map(
     }
 }
 
+/// Deepest element nesting accepted in domain XML (libxml2's default
+/// limit, so libvirt itself reads nothing deeper; a domain is about 5 deep).
+pub const MAX_XML_DEPTH: usize = 256;
+
+/// The element nesting depth of `text` not counting empty-element tags
+/// (`<a/>`), or more for text roxmltree refuses (the fuzz tests check it):
+/// start tags count one level down, end tags one up; comments, CDATA,
+/// processing instructions and declarations count nothing; quoted
+/// attribute values are skipped.
+fn nesting_depth(text: &str) -> usize {
+    let b = text.as_bytes();
+    let find = |from: usize, pat: &[u8]| {
+        b.get(from..)
+            .and_then(|rest| rest.windows(pat.len()).position(|w| w == pat))
+            .map_or(b.len(), |p| from + p + pat.len())
+    };
+    let (mut i, mut depth, mut max) = (0, 0usize, 0);
+    while i < b.len() {
+        if b[i] != b'<' {
+            i += 1;
+            continue;
+        }
+        let rest = &b[i..];
+        if rest.starts_with(b"<!--") {
+            i = find(i + 4, b"-->");
+        } else if rest.starts_with(b"<![CDATA[") {
+            i = find(i + 9, b"]]>");
+        } else if rest.starts_with(b"<?") {
+            i = find(i + 2, b"?>");
+        } else if rest.starts_with(b"<!") || rest.starts_with(b"</") {
+            depth = depth.saturating_sub(usize::from(b[i + 1] == b'/'));
+            i = find(i + 2, b">");
+        } else {
+            // A start tag: find its end outside quoted values.
+            let mut j = i + 1;
+            let mut quote = None;
+            while j < b.len() {
+                match (quote, b[j]) {
+                    (None, b'\'' | b'"') => quote = Some(b[j]),
+                    (Some(q), c) if c == q => quote = None,
+                    (None, b'>') => break,
+                    _ => {}
+                }
+                j += 1;
+            }
+            if b[j - 1] != b'/' || j == b.len() {
+                depth += 1;
+                max = max.max(depth);
+            }
+            i = j + 1;
+        }
+    }
+    max
+}
+
 /// The first child element of `n` named `name` in no namespace.
 fn child<'a, 'i>(n: Node<'a, 'i>, name: &str) -> Option<Node<'a, 'i>> {
     n.children().find(|c| {
@@ -244,6 +307,9 @@ fn parse_memory(value: &str, unit: &str) -> std::result::Result<u64, String> {
     n.checked_mul(mult)
         .ok_or_else(|| format!("<memory> {value} {unit} is too large"))
 }
+
+#[cfg(test)]
+mod fuzz;
 
 #[cfg(test)]
 mod tests {
@@ -300,6 +366,31 @@ mod tests {
         );
         assert!(initial_heat_map(Some(&p), Some(saved), 11).score(5) < 0.9);
         assert_eq!(initial_heat_map(None, None, 3).score(2), 0.0);
+    }
+
+    #[test]
+    fn deeply_nested_xml_is_refused_not_a_stack_overflow() {
+        // Found by fuzz_vm_deep_nesting_and_entities_are_errors_or_profiles:
+        // 200000 nested elements overflowed the stack inside roxmltree.
+        let nested = |depth: usize| {
+            format!(
+                "<domain><name>x</name><metadata>{}{}</metadata></domain>",
+                "<a b='>'><!-- <c> --><![CDATA[<d>]]><?e <f>?>".repeat(depth),
+                "<g/></a>".repeat(depth)
+            )
+        };
+        let e = VmProfile::parse(&nested(200_000)).unwrap_err();
+        assert!(e.contains("nested deeper than 256"), "{e}");
+        assert!(VmProfile::parse(&nested(MAX_XML_DEPTH - 2)).is_ok());
+        assert!(VmProfile::parse(&nested(MAX_XML_DEPTH - 1))
+            .unwrap_err()
+            .contains("nested"));
+        assert_eq!(nesting_depth(&example()), 4);
+        assert_eq!(nesting_depth("<a><b/><c>x</c></a>"), 2);
+        assert_eq!(nesting_depth("<a x=\"/>\"><b y='</a>'>"), 2);
+        assert_eq!(nesting_depth("<"), 1);
+        assert_eq!(nesting_depth("<a/"), 1);
+        assert_eq!(nesting_depth(""), 0);
     }
 
     #[test]

@@ -118,6 +118,9 @@ fn read_up_to(file: &File, buf: &mut [u8]) -> std::io::Result<usize> {
 }
 
 #[cfg(test)]
+mod fuzz;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

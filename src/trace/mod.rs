@@ -22,6 +22,12 @@ pub use chunks::{Access, ChunkSpace};
 pub use msr::MsrReader;
 pub use normalized::NormalizedReader;
 
+/// Longest request a trace line may describe: far past any real block
+/// request (the vendored traces top out under 1 MiB), and a bound on the
+/// chunks one line makes replay and training touch (a line claiming 2^63
+/// bytes would otherwise have them list 2^47 chunks of 64 KiB).
+pub const MAX_REQUEST_BYTES: u64 = 1 << 30;
+
 /// Errors while opening or parsing a trace.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -258,6 +264,25 @@ fn parse_u64(s: &str, lines: &Lines, name: &str) -> Result<u64> {
     })
 }
 
+/// Checks a request's byte range: at most [`MAX_REQUEST_BYTES`], and
+/// ending within the 2^64-byte address space.
+fn check_extent(offset: u64, len: u64, lines: &Lines, size_column: &str) -> Result<()> {
+    if len > MAX_REQUEST_BYTES {
+        return Err(lines.malformed(format!(
+            "column '{size_column}': a request of {len} bytes; at most {MAX_REQUEST_BYTES} (1 GiB)"
+        )));
+    }
+    if offset.checked_add(len).is_none() {
+        return Err(lines.malformed(format!(
+            "a request of {len} bytes at offset {offset} ends past the largest byte offset (2^64)"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod fuzz;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,6 +312,38 @@ mod tests {
             Format::from_path(Path::new("a/hm_0.csv")),
             Format::Normalized
         );
+    }
+
+    #[test]
+    fn requests_too_long_or_past_the_address_space_are_malformed() {
+        // Found by fuzz_trace_edited_real_lines: a size of 2^63 was read as
+        // a request, and replay then tried to list its 2^47 chunks.
+        let read = |format, text: &str| {
+            let r = Box::new(std::io::Cursor::new(text.to_string()));
+            TraceReader::from_reader(Path::new("t"), format, r)
+                .and_then(|r| r.collect::<Result<Vec<_>>>())
+        };
+        let h = "ts_s,dev,op,offset_bytes,size_bytes\n";
+        let e = read(
+            Format::Normalized,
+            &format!("{h}0,a,R,0,9223372036854775808\n"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("line 2") && e.contains("size_bytes"), "{e}");
+        let e = read(
+            Format::Normalized,
+            &format!("{h}0,a,R,18446744073709551615,512\n"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("line 2") && e.contains("2^64"), "{e}");
+        let e = read(Format::Msr, "1,hm,0,Read,0,1073741825,5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 1") && e.contains("Size"), "{e}");
+        let t = read(Format::Msr, "1,hm,0,Read,0,1073741824,5\n").unwrap();
+        assert_eq!(t[0].len, MAX_REQUEST_BYTES);
     }
 
     #[test]

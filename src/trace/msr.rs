@@ -4,7 +4,7 @@
 
 use std::{io::BufRead, path::Path};
 
-use super::{field, parse_u64, DeviceIds, Lines, Op, Request, Result};
+use super::{check_extent, field, parse_u64, DeviceIds, Lines, Op, Request, Result};
 
 /// FILETIME ticks per second.
 const TICKS_PER_SEC: f64 = 10_000_000.0;
@@ -46,6 +46,7 @@ impl MsrReader {
         };
         let offset = parse_u64(field(&mut f, lines, "Offset")?, lines, "Offset")?;
         let len = parse_u64(field(&mut f, lines, "Size")?, lines, "Size")?;
+        check_extent(offset, len, lines, "Size")?;
         parse_u64(field(&mut f, lines, "ResponseTime")?, lines, "ResponseTime")?;
         if f.next().is_some() {
             return Err(lines.malformed("more than 7 columns (expected Timestamp,Hostname,DiskNumber,Type,Offset,Size,ResponseTime)"));

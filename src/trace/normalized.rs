@@ -2,7 +2,7 @@
 
 use std::{io::BufRead, path::Path};
 
-use super::{field, parse_u64, DeviceIds, Error, Lines, Op, Request, Result};
+use super::{check_extent, field, parse_u64, DeviceIds, Error, Lines, Op, Request, Result};
 
 /// The header line every normalized trace starts with.
 pub const HEADER: &str = "ts_s,dev,op,offset_bytes,size_bytes";
@@ -69,6 +69,7 @@ impl NormalizedReader {
         };
         let offset = parse_u64(offset, lines, "offset_bytes")?;
         let len = parse_u64(size, lines, "size_bytes")?;
+        check_extent(offset, len, lines, "size_bytes")?;
         if dev.is_empty() {
             return Err(lines.malformed("column 'dev': empty device id"));
         }

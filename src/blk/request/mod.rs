@@ -333,4 +333,6 @@ pub fn zero_segments<M: GuestMemoryBackend>(
 }
 
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod tests;

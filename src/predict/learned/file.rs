@@ -3,9 +3,9 @@
 use std::path::Path;
 
 use burn::{
-    module::Module,
+    module::{Module, ModuleVisitor, Param},
     store::ModuleRecord,
-    tensor::{Bytes, Device},
+    tensor::{Bytes, Device, Tensor},
 };
 use serde::{Deserialize, Serialize};
 
@@ -124,18 +124,63 @@ fn parse(b: &[u8]) -> std::result::Result<(ModelHeader, Net), String> {
             header.hidden
         ));
     }
-    let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(b[12 + len..].to_vec()))
-        .map_err(|e| format!("corrupt weights: {e}"))?;
-    let net = Net::new(header.arch, header.hidden, &Device::flex())
-        .try_load_record(record)
-        .map_err(|e| {
-            format!(
-                "weights do not fit a {} with hidden size {}: {e}",
-                header.arch, header.hidden
-            )
-        })?;
+    let fresh = Net::new(header.arch, header.hidden, &Device::flex());
+    let want = dtypes(&fresh);
+    // burn loads each weight in the dtype the file names and checks only
+    // its byte length, and not even that for quantized dtypes: a weight
+    // stored as I32, U32, Bool(U32) (one byte of the file turns F32 into
+    // I32) or QFloat panics inside `try_load_record`, one stored as Flex32
+    // panics the first forward pass. The record does not show its dtypes,
+    // so the first kind is caught as a panic (this crate unwinds on
+    // panic), the second refused below.
+    let weights = b[12 + len..].to_vec();
+    let (arch, hidden) = (header.arch, header.hidden);
+    let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        ModuleRecord::from_bytes(Bytes::from_bytes_vec(weights))
+            .map_err(|e| format!("corrupt weights: {e}"))
+            .and_then(|record| {
+                fresh.try_load_record(record).map_err(|e| {
+                    format!("weights do not fit a {arch} with hidden size {hidden}: {e}")
+                })
+            })
+    }))
+    .map_err(|_| "corrupt weights: burn panicked loading them (see above)".to_string())?;
+    let net = loaded?;
+    let got = dtypes(&net);
+    if let Some(((path, d), (_, w))) = got.iter().zip(&want).find(|(g, w)| g != w) {
+        return Err(format!(
+            "corrupt weights: {path} is stored as {d}, the network computes in {w}"
+        ));
+    }
     Ok((header, net))
 }
+
+/// The dtype of each float parameter of `net`, in visiting order.
+fn dtypes(net: &Net) -> Vec<(String, String)> {
+    #[derive(Default)]
+    struct Dtypes {
+        path: Vec<String>,
+        out: Vec<(String, String)>,
+    }
+    impl ModuleVisitor for Dtypes {
+        fn enter_module(&mut self, name: &str, _container_type: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let dtype = format!("{:?}", param.val().dtype());
+            self.out.push((self.path.join("."), dtype));
+        }
+    }
+    let mut v = Dtypes::default();
+    net.visit(&mut v);
+    v.out
+}
+
+#[cfg(test)]
+mod fuzz;
 
 #[cfg(test)]
 mod tests {
