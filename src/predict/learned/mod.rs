@@ -13,6 +13,17 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::{activation, Device, Tensor, TensorData};
 pub use file::ModelHeader;
+
+/// Tests that train (and check that training is reproducible) and tests
+/// that load models by the thousand must not run at the same time: burn's
+/// CPU backend keeps process-wide state, and loads interleaved with a
+/// training run change its result (seen only with both in one process;
+/// `tierblk train` runs alone in its own).
+#[cfg(test)]
+pub(crate) fn burn_test_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
 pub use model::{Arch, Net};
 
 use super::{

@@ -111,8 +111,28 @@ pub enum Net {
     Gru(GruNet),
 }
 
+/// The device's random generator is process-wide: seeding it and drawing a
+/// network's initial weights happen under this lock, so a network built on
+/// another thread (a model being loaded) never takes numbers out of a
+/// seeded training run, which would make training irreproducible.
+static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 impl Net {
+    /// A network with weights drawn from the device's generator as it is.
     pub fn new(arch: Arch, hidden: usize, device: &Device) -> Self {
+        let _init = INIT.lock().unwrap_or_else(|p| p.into_inner());
+        Self::build(arch, hidden, device)
+    }
+
+    /// A network with weights drawn from the device's generator seeded with
+    /// `seed`: the same seed gives the same weights.
+    pub fn seeded(arch: Arch, hidden: usize, device: &Device, seed: u64) -> Self {
+        let _init = INIT.lock().unwrap_or_else(|p| p.into_inner());
+        device.seed(seed);
+        Self::build(arch, hidden, device)
+    }
+
+    fn build(arch: Arch, hidden: usize, device: &Device) -> Self {
         match arch {
             Arch::Mlp => Self::Mlp(Mlp::new(hidden, device)),
             Arch::Gru => Self::Gru(GruNet::new(hidden, device)),

@@ -367,8 +367,7 @@ pub fn train_on(ex: &Examples, cfg: &TrainConfig) -> Result<LearnedPredictor> {
     let mut train = train.to_vec();
 
     let device = Device::flex().autodiff();
-    device.seed(cfg.seed);
-    let mut net = Net::new(cfg.arch, cfg.hidden, &device);
+    let mut net = Net::seeded(cfg.arch, cfg.hidden, &device, cfg.seed);
     let mut optim = AdamConfig::new().init();
     let mut last_loss = f32::NAN;
     for pass in 0..cfg.passes {
@@ -442,6 +441,7 @@ mod tests {
 
     #[test]
     fn training_twice_with_same_seed_gives_identical_weights() {
+        let _burn = crate::predict::learned::burn_test_lock();
         let cfg = TrainConfig {
             traces: vec![trace::vendored_trace("msr_hm_0_excerpt.csv")],
             chunk_sizes: vec![1 << 20],

@@ -60,6 +60,7 @@ fn assemble(json: &[u8], pack: &[u8]) -> Vec<u8> {
 /// Loads `bytes`; checks the outcome. Returns the header of a model that
 /// loaded.
 fn check(bytes: &[u8]) -> std::result::Result<Option<ModelHeader>, TestCaseError> {
+    let _burn = crate::predict::learned::burn_test_lock();
     let (result, largest) = fuzzing::largest_allocation(|| parse(bytes));
     prop_assert!(
         largest <= MAX_ALLOCATION.max(2 * bytes.len()),
@@ -329,6 +330,7 @@ fn shipped_models_load_and_split_into_their_parts() {
 /// `F32` into `I32`) loaded, then panicked the first forward pass.
 #[test]
 fn fuzz_model_every_tensor_dtype() {
+    let _burn = crate::predict::learned::burn_test_lock();
     for m in MODELS {
         let b = shipped(m);
         let tensors = b.windows(10).filter(|w| w == b"edtypecF32").count();
