@@ -477,7 +477,8 @@ impl Config {
 
     fn resolve_relative_paths(&mut self, base: &Path) {
         let fix = |p: &mut PathBuf| {
-            if p.is_relative() {
+            // An empty path stays empty, for validation to name.
+            if p.is_relative() && !p.as_os_str().is_empty() {
                 *p = base.join(&*p);
             }
         };
@@ -506,6 +507,27 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<()> {
+        if self.daemon.state_dir.as_os_str().is_empty() {
+            return Err(invalid("daemon.state_dir", "\"\"", "must name a directory"));
+        }
+        for (i, t) in self.tiers.iter().enumerate() {
+            if t.path.as_os_str().is_empty() {
+                return Err(invalid(
+                    format!("tier[{i}] ('{}').path", t.name),
+                    "\"\"",
+                    "must name a directory or a block device",
+                ));
+            }
+        }
+        for (i, v) in self.volumes.iter().enumerate() {
+            if v.socket.as_os_str().is_empty() {
+                return Err(invalid(
+                    format!("volume[{i}] ('{}').socket", v.name),
+                    "\"\"",
+                    "must name the socket file",
+                ));
+            }
+        }
         let e = self.daemon.epoch_secs;
         if !(e.is_finite() && e > 0.0 && e <= MAX_EPOCH_SECS) {
             return Err(invalid(
@@ -921,5 +943,15 @@ tiering_policy = "cost-optimized"
         let c =
             Config::parse(&GOOD.replace("state_dir", "socket_mode = \"0660\"\nstate_dir")).unwrap();
         assert_eq!(c.daemon.socket_mode, SocketMode(0o660));
+    }
+
+    #[test]
+    fn empty_paths_are_rejected_by_key() {
+        let e = err_of(&GOOD.replace("state_dir = \"/tmp/x\"", "state_dir = \"\""));
+        assert!(e.contains("daemon.state_dir"), "{e}");
+        let e = err_of(&GOOD.replace("path = \"/tmp/t1\"", "path = \"\""));
+        assert!(e.contains("tier[1] ('hdd').path"), "{e}");
+        let e = err_of(&GOOD.replace("socket = \"/tmp/vm1.sock\"", "socket = \"\""));
+        assert!(e.contains("volume[0] ('vm1-disk0').socket"), "{e}");
     }
 }
