@@ -73,8 +73,6 @@ pub enum Error {
     SocketDir { volume: String, path: PathBuf },
     #[error("volume '{volume}': socket {path} is served by another process (a second tierblk?)")]
     SocketBusy { volume: String, path: PathBuf },
-    #[error("volume '{volume}': {reason}")]
-    Refused { volume: String, reason: String },
     #[error("volume '{name}' is still in the config; remove its [[volume]] section first")]
     StillConfigured { name: String },
     #[error("the metadata store has no volume '{name}'")]
@@ -102,8 +100,8 @@ pub struct Opened {
     pub store: Arc<Store>,
     pub volumes: Vec<Arc<Volume>>,
     pub brains: Vec<Brain>,
-    /// Stored volumes not served: (name, why).
-    pub unserved: Vec<(String, String)>,
+    /// Who may connect to the volume sockets.
+    pub access: socket::Access,
 }
 
 /// What each configured volume needs besides its data, loaded before any
@@ -114,14 +112,18 @@ struct Prepared {
 }
 
 /// Checks everything about the config that needs no store and no tier:
-/// models, VM profiles, socket group and directories.
-fn preflight(cfg: &Config, opts: &ServeOptions) -> crate::Result<Vec<Prepared>> {
-    if let Some(g) = &cfg.daemon.socket_group {
-        socket::group_id(g).map_err(|reason| Error::SocketGroup {
-            group: g.clone(),
-            reason,
-        })?;
-    }
+/// socket access, models, VM profiles and socket directories.
+fn preflight(cfg: &Config, opts: &ServeOptions) -> crate::Result<(socket::Access, Vec<Prepared>)> {
+    let access = socket::Access {
+        mode: cfg.daemon.socket_mode.0,
+        gid: match &cfg.daemon.socket_group {
+            Some(g) => Some(socket::group_id(g).map_err(|reason| Error::SocketGroup {
+                group: g.clone(),
+                reason,
+            })?),
+            None => None,
+        },
+    };
     let mut out = Vec::new();
     for meta in &cfg.volumes {
         let predictor =
@@ -155,7 +157,7 @@ fn preflight(cfg: &Config, opts: &ServeOptions) -> crate::Result<Vec<Prepared>> 
         }
         out.push(Prepared { predictor, profile });
     }
-    Ok(out)
+    Ok((access, out))
 }
 
 /// Runs every check `serve` runs, except binding sockets, without creating
@@ -170,18 +172,7 @@ pub fn check(cfg: &Config) -> crate::Result<Vec<String>> {
             "no metadata store at {} yet: serve creates it",
             store_file.display()
         ));
-        for t in &cfg.tiers {
-            let f = t.path.join(crate::tier::EXTENT_FILE);
-            if f.exists() {
-                return Err(crate::tier::Error::Identity {
-                    tier: t.name.clone(),
-                    path: f,
-                    reason: "the tier file exists but the metadata store does not (store missing?)"
-                        .into(),
-                }
-                .into());
-            }
-        }
+        crate::tier::check_against(&cfg.tiers, None)?;
         return Ok(notes);
     }
     let store = match Store::open(&cfg.daemon.state_dir) {
@@ -195,7 +186,7 @@ pub fn check(cfg: &Config) -> crate::Result<Vec<String>> {
         }
         Err(e) => return Err(e.into()),
     };
-    crate::tier::check_against(&cfg.tiers, &store)?;
+    crate::tier::check_against(&cfg.tiers, Some(&store))?;
     for v in &cfg.volumes {
         if let Some(stored) = store.volume(&v.name)? {
             crate::volume::check_compatible(&stored, v)?;
@@ -213,7 +204,7 @@ pub fn check(cfg: &Config) -> crate::Result<Vec<String>> {
 
 /// Opens store, tiers and volumes as the config describes.
 pub fn open(cfg: &Config, opts: &ServeOptions) -> crate::Result<Opened> {
-    let prepared = preflight(cfg, opts)?;
+    let (access, prepared) = preflight(cfg, opts)?;
     if opts.create_dirs {
         for t in &cfg.tiers {
             if !t.path.exists() {
@@ -254,7 +245,7 @@ pub fn open(cfg: &Config, opts: &ServeOptions) -> crate::Result<Opened> {
     for (meta, prep) in cfg.volumes.iter().zip(prepared) {
         if let Some(why) = found.refused.get(&meta.name) {
             error!("volume '{}': not served: {why}", meta.name);
-            unserved.push((meta.name.clone(), why.clone()));
+            unserved.push(meta.name.clone());
             continue;
         }
         let v = Arc::new(Volume::open(meta.clone(), tiers.clone(), store.clone())?);
@@ -278,9 +269,9 @@ pub fn open(cfg: &Config, opts: &ServeOptions) -> crate::Result<Opened> {
         warn!(
             "volume '{name}' is in the metadata store but {why}: its data is kept and not served; `tierblk volume delete` removes it"
         );
-        unserved.push((name, why));
+        unserved.push(name);
     }
-    for (name, _) in &unserved {
+    for name in &unserved {
         audit::claim_unserved(&store, &tiers, name)?;
     }
     Ok(Opened {
@@ -288,7 +279,7 @@ pub fn open(cfg: &Config, opts: &ServeOptions) -> crate::Result<Opened> {
         store,
         volumes,
         brains,
-        unserved,
+        access,
     })
 }
 
@@ -386,23 +377,13 @@ pub fn serve(cfg: &Config, opts: &ServeOptions) -> crate::Result<()> {
     if opened.volumes.is_empty() {
         return Err(Error::NothingServable.into());
     }
-    let access = socket::Access {
-        mode: cfg.daemon.socket_mode.0,
-        gid: match &cfg.daemon.socket_group {
-            Some(g) => Some(socket::group_id(g).map_err(|reason| Error::SocketGroup {
-                group: g.clone(),
-                reason,
-            })?),
-            None => None,
-        },
-    };
     let epoch = Duration::from_secs_f64(cfg.daemon.epoch_secs);
     for brain in opened.brains.drain(..) {
         crate::epoch::spawn(brain, epoch).expect("spawning a brain thread");
     }
     let mut bound = Vec::new();
     for v in &opened.volumes {
-        let (mut listener, b) = match socket::listen(&v.metadata().socket, access) {
+        let (mut listener, b) = match socket::listen(&v.metadata().socket, opened.access) {
             Ok(l) => l,
             Err(e) => {
                 shut_down(&opened.volumes, &bound);

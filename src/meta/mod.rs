@@ -87,8 +87,6 @@ pub struct Store {
     /// None while the store could not be reopened after an I/O error.
     db: RwLock<Option<Database>>,
     path: PathBuf,
-    /// The store file was created (or found empty) by this open.
-    fresh: bool,
     /// An I/O error was seen: redb refuses every later operation
     /// ("previous I/O error") until the database is reopened, which the
     /// next operation tries (e.g. once a full filesystem has room again).
@@ -138,13 +136,11 @@ impl Store {
             file.set_permissions(std::fs::Permissions::from_mode(0o600))
                 .map_err(io_err)?;
         }
-        let fresh = meta.len() == 0;
         drop(file);
         let db = open_db(&path)?;
         let s = Self {
             db: RwLock::new(Some(db)),
             path,
-            fresh,
             broken: AtomicBool::new(false),
         };
         s.check_format()?;
@@ -183,12 +179,6 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    /// True when this open created the store (or found its file empty):
-    /// nothing was ever recorded in it.
-    pub fn is_fresh(&self) -> bool {
-        self.fresh
     }
 
     fn err(&self, e: impl Into<redb::Error>) -> Error {
@@ -329,15 +319,25 @@ impl Store {
         Ok(())
     }
 
-    /// Every stored volume definition.
+    /// Every stored volume definition (one read of the table).
     pub fn volumes(&self) -> Result<Vec<VolumeMetadata>> {
+        let db = self.db()?;
+        let tx = db.begin_read().map_err(|e| self.err(e))?;
+        let table = tx.open_table(VOLUMES).map_err(|e| self.err(e))?;
         let mut out = Vec::new();
-        for name in self.volume_names()? {
-            if let Some(v) = self.volume(&name)? {
-                out.push(v);
-            }
+        for row in table.iter().map_err(|e| self.err(e))? {
+            let (k, v) = row.map_err(|e| self.err(e))?;
+            out.push(self.parse_volume(k.value(), v.value())?);
         }
         Ok(out)
+    }
+
+    fn parse_volume(&self, name: &str, json: &str) -> Result<VolumeMetadata> {
+        serde_json::from_str(json).map_err(|e| Error::Corrupt {
+            path: self.path.clone(),
+            what: format!("volume '{name}'"),
+            reason: e.to_string(),
+        })
     }
 
     pub fn put_volume(&self, v: &VolumeMetadata) -> Result<()> {
@@ -356,13 +356,7 @@ impl Store {
         let Some(v) = table.get(name).map_err(|e| self.err(e))? else {
             return Ok(None);
         };
-        serde_json::from_str(v.value())
-            .map(Some)
-            .map_err(|e| Error::Corrupt {
-                path: self.path.clone(),
-                what: format!("volume '{name}'"),
-                reason: e.to_string(),
-            })
+        self.parse_volume(name, v.value()).map(Some)
     }
 
     pub fn volume_names(&self) -> Result<Vec<String>> {

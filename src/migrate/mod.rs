@@ -286,6 +286,8 @@ impl Copier<'_> {
         buf: &mut [u8],
         mut limiter: Option<&mut RateLimiter>,
     ) -> Result<()> {
+        // The copy must be synced by the flush that commits the switch.
+        self.volume.mark_unsynced(self.target.id());
         for i in 0..PARTS {
             if parts & (1 << i) == 0 {
                 continue;
@@ -294,8 +296,6 @@ impl Copier<'_> {
                 l.acquire(self.part);
             }
             let off = i * self.part;
-            // The copy must be synced by the flush that commits the switch.
-            self.volume.mark_unsynced(self.target.id());
             self.source
                 .read_exact_at(buf, self.old_off + off)
                 .and_then(|()| self.target.write_all_at(buf, self.new_off + off))

@@ -142,7 +142,7 @@ impl Tier {
     pub fn open(def: &TierDefinition, expect: Expect<'_>) -> Result<Self> {
         let (path, is_block_device) = device_path(def)?;
         let existed = is_block_device || path.exists();
-        let r = Self::open_device(def, expect, path.clone(), is_block_device);
+        let r = Self::open_device(def, expect, path.clone(), is_block_device, existed);
         if r.is_err() && !existed {
             // Never leave a half-made extent file behind.
             let _ = std::fs::remove_file(&path);
@@ -155,6 +155,7 @@ impl Tier {
         expect: Expect<'_>,
         path: PathBuf,
         is_block_device: bool,
+        exists: bool,
     ) -> Result<Self> {
         let name = def.name.clone();
         let capacity = def.capacity.0;
@@ -169,7 +170,6 @@ impl Tier {
             path: path.clone(),
             reason,
         };
-        let exists = is_block_device || path.exists();
         let (file, fresh) = if exists {
             (open_existing(def, &path)?, false)
         } else if let Expect::Uuid(u) = expect {
@@ -500,22 +500,22 @@ fn missing_file(def: &TierDefinition, path: &Path, uuid: &str) -> Error {
 }
 
 /// Runs the checks of `TierSet::open` without creating, locking or writing
-/// anything (`check-config`).
-pub fn check_against(defs: &[TierDefinition], store: &crate::meta::Store) -> Result<()> {
-    let records = set::records(store)?;
-    set::refuse_shared_devices(defs)?;
-    set::refuse_removed_tiers(defs, &records, store)?;
-    for d in defs {
-        if !d.capacity.0.is_multiple_of(UNIT_BYTES) {
-            return Err(Error::Unaligned {
-                tier: d.name.clone(),
-                capacity: d.capacity.0,
-            });
+/// anything (`check-config`); with no store yet, every tier must be new.
+pub fn check_against(defs: &[TierDefinition], store: Option<&crate::meta::Store>) -> Result<()> {
+    let records = match store {
+        Some(store) => {
+            let records = set::records(store)?;
+            set::refuse_removed_tiers(defs, &records, store)?;
+            records
         }
-        let expect = match records.get(&d.name) {
-            Some(r) => Expect::Uuid(&r.uuid),
-            None => Expect::New,
-        };
+        None => Default::default(),
+    };
+    set::refuse_shared_devices(defs)?;
+    for d in defs {
+        let expect = set::expect_of(&records, &d.name);
+        if expect == Expect::New && !d.path.exists() {
+            continue; // serve --create-dirs makes it
+        }
         let (path, is_block_device) = device_path(d)?;
         if !is_block_device && !path.exists() {
             if let Expect::Uuid(u) = expect {

@@ -37,11 +37,7 @@ impl TierSet {
         refuse_removed_tiers(defs, &records, store)?;
         let mut opened: Vec<Tier> = Vec::new();
         for d in defs {
-            let expect = match records.get(&d.name) {
-                Some(r) => Expect::Uuid(&r.uuid),
-                None => Expect::New,
-            };
-            match Tier::open(d, expect) {
+            match Tier::open(d, expect_of(&records, &d.name)) {
                 Ok(t) => opened.push(t),
                 Err(e) => {
                     forget_new(opened);
@@ -122,6 +118,14 @@ pub(super) fn records(store: &Store) -> Result<HashMap<String, TierRecord>> {
         .into_iter()
         .map(|r| (r.definition.name.clone(), r))
         .collect())
+}
+
+/// What the store's records say the device of tier `name` must be.
+pub(super) fn expect_of<'a>(records: &'a HashMap<String, TierRecord>, name: &str) -> Expect<'a> {
+    match records.get(name) {
+        Some(r) => Expect::Uuid(&r.uuid),
+        None => Expect::New,
+    }
 }
 
 /// Undoes the tiers a failed open made: they hold no data yet, and left
