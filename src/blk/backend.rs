@@ -24,13 +24,11 @@ use virtio_bindings::{
     virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC},
 };
 use vm_memory::GuestMemoryAtomic;
-use vmm_sys_util::{
-    epoll::EventSet,
-    event::{new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier},
-};
+use vmm_sys_util::epoll::EventSet;
 
 use super::{
     config_space::{self, BlkGeometry, CONFIG_SPACE_BYTES, OFF_WRITEBACK},
+    inflight::QueueInflight,
     request::Limits,
     vring::BlkVring,
     worker::{GuestMemory, Shared, Worker},
@@ -113,6 +111,25 @@ impl BlkBackend {
         self.queue_size as u32 - 2
     }
 
+    pub fn volume_name(&self) -> &str {
+        self.shared.volume.name()
+    }
+
+    /// Hands queue `index` its part of the front-end's inflight region.
+    pub fn set_inflight(&self, index: usize, tracker: Option<QueueInflight>) {
+        if let Some(w) = self.workers.get(index) {
+            lock(w).set_inflight(tracker);
+        }
+    }
+
+    /// Queue `index` starts: returns how many requests left in flight by
+    /// a previous back-end it will serve again.
+    pub fn recover_queue(&self, index: usize, vring: &BlkVring) -> usize {
+        self.workers
+            .get(index)
+            .map_or(0, |w| lock(w).recover(vring))
+    }
+
     fn memory(&self) -> Option<GuestMemoryAtomic<GuestMemory>> {
         self.mem.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -187,6 +204,7 @@ impl VhostUserBackend for BlkBackend {
             | VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+            | VhostUserProtocolFeatures::INFLIGHT_SHMFD
     }
 
     fn reset_device(&self) {
@@ -223,18 +241,6 @@ impl VhostUserBackend for BlkBackend {
     fn update_memory(&self, mem: GuestMemoryAtomic<GuestMemory>) -> io::Result<()> {
         *self.mem.write().unwrap_or_else(|p| p.into_inner()) = Some(mem);
         Ok(())
-    }
-
-    fn queues_per_thread(&self) -> Vec<u64> {
-        (0..self.num_queues).map(|q| 1u64 << q).collect()
-    }
-
-    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        // Lets the library stop this connection's queue threads when the
-        // connection ends.
-        new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC)
-            .inspect_err(|e| warn!("cannot create exit event: {e}"))
-            .ok()
     }
 
     fn stop_vring(&self, queue_index: u32) -> io::Result<()> {

@@ -6,6 +6,9 @@ pub const VIRTIO_BLK_ID_BYTES: usize = 20;
 
 pub mod backend;
 pub mod config_space;
+pub mod handler;
+pub mod inflight;
+pub mod queue_thread;
 pub mod request;
 pub mod vring;
 pub mod worker;

@@ -23,6 +23,7 @@ use vm_memory::{
 };
 
 use super::{
+    inflight::Region,
     request::Limits,
     worker::{Shared, Worker},
 };
@@ -37,6 +38,7 @@ const STATUS: u64 = 0x30_0000;
 
 struct Rig {
     volume: Arc<Volume>,
+    shared: Arc<Shared>,
     _dir: tempfile::TempDir,
     /// Leaked so the mock queue can borrow it for the whole test.
     mem: &'static GuestMemoryMmap<()>,
@@ -111,9 +113,10 @@ impl Rig {
             busy_queues: Default::default(),
         });
         let volume = shared.volume.clone();
-        let worker = Worker::new(shared, QSIZE).unwrap();
+        let worker = Worker::new(shared.clone(), QSIZE).unwrap();
         Self {
             volume,
+            shared,
             _dir: dir,
             mem,
             q,
@@ -852,4 +855,89 @@ fn every_request_gets_the_status_virtio_1_2_asks_for() {
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     // 5.2.6.2: on the read-only device no data was written.
     assert!((0..ro.volume.chunk_count()).all(|c| ro.volume.chunk_map().get(c).is_none()));
+}
+
+impl Rig {
+    /// The used index and the heads in the used ring so far.
+    fn used_ring(&self) -> (u16, Vec<u32>) {
+        let used = self.q.used_addr();
+        let idx: u16 = self.mem.read_obj(used.unchecked_add(2)).unwrap();
+        let heads = (0..idx)
+            .map(|i| {
+                let slot = (i % QSIZE) as u64;
+                self.mem.read_obj(used.unchecked_add(4 + slot * 8)).unwrap()
+            })
+            .collect();
+        (idx, heads)
+    }
+
+    /// Reaps completions until the used index reaches `idx`.
+    fn wait_used_idx(&mut self, idx: u16) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.used_ring().0 != idx {
+            assert!(Instant::now() < deadline, "requests never completed");
+            std::thread::sleep(Duration::from_millis(1));
+            self.worker.process_completions(&self.vring);
+        }
+    }
+}
+
+#[test]
+fn requests_in_flight_when_the_backend_dies_are_served_once_after_restart() {
+    // Writes complete 300 ms late, reads of unwritten sectors at once: a
+    // write then a read complete out of order.
+    let mut r = Rig::build(true, false, "emulate = { write_latency_us = 300000 }");
+    let (file, len) = Region::create(1, QSIZE).unwrap();
+    let region = Region::map(&file, len, 0, 1, QSIZE).unwrap();
+    r.worker.set_inflight(region.queue(0));
+    assert_eq!(r.worker.recover(&r.vring), 0, "a new region");
+    // Chain at descriptors 0..3: write 0xab to sector 8.
+    r.mem
+        .write_slice(&[0xab; 4096], GuestAddress(DATA))
+        .unwrap();
+    r.header(VIRTIO_BLK_T_OUT, 8);
+    r.kick(
+        &[(HDR, 16, false), (DATA, 4096, false), (STATUS, 1, true)],
+        None,
+    );
+    // Chain at descriptors 3..6: read sector 512 (never written).
+    let (hdr2, data2, status2) = (HDR + 0x100, DATA + 0x10_000, STATUS + 0x10);
+    let mut h = [0u8; 16];
+    h[0..4].copy_from_slice(&VIRTIO_BLK_T_IN.to_le_bytes());
+    h[8..16].copy_from_slice(&512u64.to_le_bytes());
+    r.mem.write_slice(&h, GuestAddress(hdr2)).unwrap();
+    r.kick(
+        &[(hdr2, 16, false), (data2, 4096, true), (status2, 1, true)],
+        None,
+    );
+    assert_eq!(r.used_ring(), (1, vec![3]), "the read completed first");
+
+    // The back-end dies with the write in flight: its worker goes without
+    // completing it. The front-end restarts the ring from the used index
+    // (QEMU's SET_VRING_BASE after a lost back-end) and hands the same
+    // inflight region to the new back-end.
+    drop(region);
+    r.worker = Worker::new(r.shared.clone(), QSIZE).unwrap();
+    r.vring.set_queue_next_avail(1);
+    let region = Region::map(&file, len, 0, 1, QSIZE).unwrap();
+    r.worker.set_inflight(region.queue(0));
+    assert_eq!(r.worker.recover(&r.vring), 1, "the write is served again");
+    assert_eq!(r.vring.queue_next_avail(), 2, "and the read is not");
+    let mem = GuestMemoryAtomic::new(r.mem.clone());
+    r.worker.process_queue(&r.vring, &mem, false);
+    r.wait_used_idx(2);
+    // Served once each: no more completions come.
+    r.worker.process_queue(&r.vring, &mem, false);
+    std::thread::sleep(Duration::from_millis(50));
+    r.worker.process_completions(&r.vring);
+    assert_eq!(r.used_ring(), (2, vec![3, 0]));
+    let mut got = vec![0u8; 4096];
+    r.volume.read_at(8 * 512, &mut got).unwrap();
+    assert!(got.iter().all(|&b| b == 0xab), "the write landed");
+    // A clean restart now has nothing to serve again.
+    drop(region);
+    let region = Region::map(&file, len, 0, 1, QSIZE).unwrap();
+    r.worker.set_inflight(region.queue(0));
+    assert_eq!(r.worker.recover(&r.vring), 0);
+    assert_eq!(r.vring.queue_next_avail(), 2);
 }

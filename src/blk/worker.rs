@@ -16,13 +16,16 @@ use io_uring::{opcode, squeue, types, IoUring};
 use log::{debug, warn};
 use vhost_user_backend::{VringRwLock, VringT};
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK};
-use virtio_queue::QueueT;
+use virtio_queue::{desc::split::Descriptor, QueueT};
 use vm_memory::{
     Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap,
 };
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::request::{self, GuestBuf, Kind, Limits, Request, RequestBufs, ZeroSegment};
+use super::{
+    inflight::{self, QueueInflight},
+    request::{self, GuestBuf, Kind, Limits, Request, RequestBufs, ZeroSegment},
+};
 use crate::{
     blk::VIRTIO_BLK_ID_BYTES,
     config::FaultKind,
@@ -142,6 +145,11 @@ pub struct Worker {
     /// Some tier emulates a slower device: requests are timed (a clock read
     /// at start and finish), otherwise the clock is not read at all.
     timed: bool,
+    /// The front-end's inflight region for this queue, when it gave one.
+    tracker: Option<QueueInflight>,
+    /// Chains in flight when the previous back-end died, to serve before
+    /// the avail ring (see `inflight`).
+    resubmit: Vec<u16>,
 }
 
 #[cfg(test)]
@@ -179,6 +187,8 @@ impl Worker {
             avail_bad: false,
             avail_bad_logged: false,
             timed,
+            tracker: None,
+            resubmit: Vec::new(),
         })
     }
 
@@ -345,6 +355,9 @@ impl Worker {
         // The avail ring is read through the latest memory table (a driver
         // that replaced its table must not be read through the old one).
         refresh(memory, mem);
+        if !self.resubmit.is_empty() {
+            used |= self.serve_resubmitted(vring, mem);
+        }
         let (available, size) = {
             let mut guard = vring.get_mut();
             let queue = guard.get_queue_mut();
@@ -358,7 +371,7 @@ impl Worker {
         };
         self.avail_bad = available > size;
         if available == 0 || self.avail_bad {
-            return (false, false);
+            return (used, false);
         }
         // A driver adds a memory region (acknowledged) before it publishes
         // a chain that uses it, so a snapshot taken after the chains were
@@ -377,16 +390,84 @@ impl Worker {
             };
             self.activity = self.activity.wrapping_add(1);
             let head = chain.head_index();
-            let parsed = request::parse(chain, &**mem, self.shared.limits, &mut self.bufs);
-            used |= match parsed {
-                Err(r) => {
-                    debug!("queue: rejecting request {head}: {}", r.reason);
-                    complete_now(vring, mem, head, r.status, r.code, 0)
-                }
-                Ok(req) => self.start(vring, mem, head, req),
-            };
+            if let Some(t) = &mut self.tracker {
+                t.taken(head);
+            }
+            used |= self.serve_chain(vring, mem, head, chain);
         }
         (used, available > n)
+    }
+
+    /// Parses and starts one chain; returns true if it completed at once.
+    fn serve_chain(
+        &mut self,
+        vring: &VringRwLock,
+        mem: &Arc<GuestMemory>,
+        head: u16,
+        chain: impl Iterator<Item = Descriptor>,
+    ) -> bool {
+        match request::parse(chain, &**mem, self.shared.limits, &mut self.bufs) {
+            Err(r) => {
+                debug!("queue: rejecting request {head}: {}", r.reason);
+                complete_now(vring, mem, self.tracker.as_mut(), head, r.status, r.code, 0)
+            }
+            Ok(req) => self.start(vring, mem, head, req),
+        }
+    }
+
+    /// Hands this queue the front-end's inflight region (None: it gave
+    /// none, or the connection ended).
+    pub fn set_inflight(&mut self, tracker: Option<QueueInflight>) {
+        self.tracker = tracker;
+        self.resubmit.clear();
+    }
+
+    /// The queue starts: with an inflight region that was in use, the
+    /// chains the previous back-end took and never returned are served
+    /// again first, and the avail ring goes on after the last chain taken.
+    /// Returns how many chains are served again.
+    pub fn recover(&mut self, vring: &VringRwLock) -> usize {
+        let Some(t) = &mut self.tracker else {
+            return 0;
+        };
+        let used = match vring.queue_used_idx() {
+            Ok(u) => u,
+            Err(e) => {
+                warn!("queue: reading the used index to recover requests in flight: {e}");
+                return 0;
+            }
+        };
+        let Some(r) = t.recover(used) else {
+            return 0;
+        };
+        vring.set_queue_next_avail(r.next_avail);
+        self.resubmit = r.resubmit;
+        self.resubmit.len()
+    }
+
+    /// Serves the chains left in flight by the previous back-end, in the
+    /// order it took them (they stay marked taken until used).
+    fn serve_resubmitted(&mut self, vring: &VringRwLock, mem: &Arc<GuestMemory>) -> bool {
+        let heads = std::mem::take(&mut self.resubmit);
+        let (desc_table, size) = {
+            let g = vring.get_ref();
+            (g.get_queue().desc_table(), g.get_queue().size())
+        };
+        let mut chains = Vec::with_capacity(heads.len());
+        if let Err(e) = inflight::chains_of(mem, desc_table, size, &heads, |h, c| {
+            chains.push((h, c.collect::<Vec<_>>()));
+        }) {
+            warn!(
+                "queue: {e}; {} requests in flight before the restart are not served again",
+                heads.len() - chains.len()
+            );
+        }
+        let mut used = false;
+        for (head, descs) in chains {
+            self.activity = self.activity.wrapping_add(1);
+            used |= self.serve_chain(vring, mem, head, descs.into_iter());
+        }
+        used
     }
 
     /// Starts a request; returns true if it completed at once.
@@ -410,7 +491,15 @@ impl Worker {
                 field[..id.len()].copy_from_slice(id);
                 let n = write_stream(mem, &self.bufs.data, &field);
                 let st = if n.is_some() { ok } else { err };
-                return complete_now(vring, mem, head, Some(req.status), st, n.unwrap_or(0));
+                return complete_now(
+                    vring,
+                    mem,
+                    self.tracker.as_mut(),
+                    head,
+                    Some(req.status),
+                    st,
+                    n.unwrap_or(0),
+                );
             }
             Kind::Discard | Kind::WriteZeroes => {
                 let limits = self.shared.limits;
@@ -439,14 +528,30 @@ impl Worker {
                         }
                     }
                 };
-                return complete_now(vring, mem, head, Some(req.status), st, 0);
+                return complete_now(
+                    vring,
+                    mem,
+                    self.tracker.as_mut(),
+                    head,
+                    Some(req.status),
+                    st,
+                    0,
+                );
             }
         }
         let Some(idx) = self.free.pop() else {
             // More chains in flight than slots: only a misbehaving driver
             // reuses heads like that.
             debug!("queue: request {head}: more chains in flight than the queue size");
-            return complete_now(vring, mem, head, Some(req.status), err, 0);
+            return complete_now(
+                vring,
+                mem,
+                self.tracker.as_mut(),
+                head,
+                Some(req.status),
+                err,
+                0,
+            );
         };
         let slot = &mut self.slots[idx as usize];
         slot.head = head;
@@ -481,7 +586,15 @@ impl Worker {
         if !host_iovecs(mem, &self.bufs.data, &mut slot.host) {
             debug!("queue: request {head}: data buffer outside guest memory");
             self.free.push(idx);
-            return complete_now(vring, mem, head, Some(req.status), err, 0);
+            return complete_now(
+                vring,
+                mem,
+                self.tracker.as_mut(),
+                head,
+                Some(req.status),
+                err,
+                0,
+            );
         }
         let sequential = req.offset == self.last_end;
         self.last_end = req.offset + req.data_len;
@@ -499,7 +612,15 @@ impl Worker {
         if let Err(e) = mapped {
             warn!("{e}");
             self.free.push(idx);
-            return complete_now(vring, mem, head, Some(req.status), err, 0);
+            return complete_now(
+                vring,
+                mem,
+                self.tracker.as_mut(),
+                head,
+                Some(req.status),
+                err,
+                0,
+            );
         }
         slot.mem = Some(mem.clone());
         self.inflight.fetch_add(1, Ordering::AcqRel);
@@ -822,7 +943,15 @@ impl Worker {
         let status = slot.status;
         self.free.push(idx);
         self.inflight.fetch_sub(1, Ordering::AcqRel);
-        complete_now(vring, &mem, head, Some(status), st, len)
+        complete_now(
+            vring,
+            &mem,
+            self.tracker.as_mut(),
+            head,
+            Some(status),
+            st,
+            len,
+        )
     }
 }
 
@@ -914,6 +1043,7 @@ fn emulated_delay(volume: &Volume, segs: &[Segment], write: bool, started: Insta
 fn complete_now(
     vring: &VringRwLock,
     mem: &GuestMemory,
+    tracker: Option<&mut QueueInflight>,
     head: u16,
     status: Option<GuestAddress>,
     code: u8,
@@ -925,6 +1055,9 @@ fn complete_now(
             len = data_len + 1;
         }
     }
+    if let Some(t) = &tracker {
+        t.publishing(head);
+    }
     if let Err(e) = vring.add_used(head, len) {
         // A driver decides the head (one beyond the queue size cannot be
         // returned): a hostile one must not fill the log.
@@ -934,6 +1067,9 @@ fn complete_now(
             debug!("queue: add_used({head}): {e}");
         }
         return false;
+    }
+    if let Some(t) = tracker {
+        t.published(head);
     }
     true
 }

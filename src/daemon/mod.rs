@@ -15,19 +15,16 @@ pub mod socket;
 use std::{
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, Mutex},
     thread,
     time::Duration,
 };
 
 use log::{error, info, warn};
 use vhost::vhost_user::Listener;
-use vhost_user_backend::VhostUserDaemon;
-use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
-use vmm_sys_util::epoll::EventSet;
 
 use crate::{
-    blk::backend::BlkBackend,
+    blk::{backend::BlkBackend, handler::Handler},
     config::Config,
     epoch::Brain,
     meta::Store,
@@ -455,30 +452,35 @@ fn serve_volume(volume: &Arc<Volume>, listener: &mut Listener) {
 }
 
 fn serve_connection(volume: &Arc<Volume>, listener: &mut Listener) -> Result<(), String> {
+    use vhost::vhost_user::{BackendListener, Error};
     let backend = Arc::new(BlkBackend::new(volume.clone()).map_err(|e| e.to_string())?);
-    let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
-    let mut daemon = VhostUserDaemon::new(volume.name().to_string(), backend.clone(), mem)
-        .map_err(|e| e.to_string())?;
-    let ev = backend.completion_event() as u64;
-    for (handler, fd) in daemon
-        .get_epoll_handlers()
-        .iter()
-        .zip(backend.completion_fds())
-    {
-        handler
-            .register_listener(fd, EventSet::IN, ev)
-            .map_err(|e| format!("registering completion eventfd: {e}"))?;
-    }
-    daemon.start(listener).map_err(|e| e.to_string())?;
-    info!("volume '{}': client connected", volume.name());
-    let r = match daemon.wait() {
-        // The front-end closing its socket is how a connection ends.
-        Ok(())
-        | Err(vhost_user_backend::Error::HandleRequest(vhost::vhost_user::Error::Disconnected)) => {
-            Ok(())
+    let handler = Arc::new(Mutex::new(
+        Handler::new(backend).map_err(|e| e.to_string())?,
+    ));
+    let mut conn = {
+        let mut l = BackendListener::new(listener, handler).map_err(|e| e.to_string())?;
+        loop {
+            match l.accept() {
+                Ok(Some(c)) => break c,
+                Ok(None) => continue,
+                Err(e) => return Err(format!("accepting a connection: {e}")),
+            }
         }
-        Err(e) => Err(e.to_string()),
     };
+    info!("volume '{}': client connected", volume.name());
+    let r = loop {
+        match conn.handle_request() {
+            Ok(()) => {}
+            // The front-end closing its socket is how a connection ends.
+            Err(Error::Disconnected | Error::PartialMessage | Error::SocketBroken(_)) => {
+                break Ok(())
+            }
+            Err(e) => break Err(e.to_string()),
+        }
+    };
+    // Dropping the connection drops the handler: queue threads stop and
+    // requests in flight complete before the workers go.
+    drop(conn);
     info!("volume '{}': client disconnected", volume.name());
     r
 }
