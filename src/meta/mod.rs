@@ -12,7 +12,7 @@ use std::{
     os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         RwLock, RwLockReadGuard,
     },
 };
@@ -91,6 +91,13 @@ pub struct Store {
     /// ("previous I/O error") until the database is reopened, which the
     /// next operation tries (e.g. once a full filesystem has room again).
     broken: AtomicBool,
+    /// Chunk-map transactions committed (each one fsync, whatever the
+    /// number of volumes it covers).
+    chunk_commits: AtomicU64,
+    /// TEST ONLY: how many of the next write transactions fail as if the
+    /// commit hit an I/O error.
+    #[cfg(test)]
+    fail_commits: std::sync::atomic::AtomicU32,
 }
 
 /// A read lock on the open database.
@@ -142,6 +149,9 @@ impl Store {
             db: RwLock::new(Some(db)),
             path,
             broken: AtomicBool::new(false),
+            chunk_commits: AtomicU64::new(0),
+            #[cfg(test)]
+            fail_commits: Default::default(),
         };
         s.check_format()?;
         Ok(s)
@@ -243,6 +253,13 @@ impl Store {
         tx.set_durability(durability)
             .map_err(|e| self.err(redb::Error::from(e)))?;
         let v = f(&tx).map_err(|e| self.err(e))?;
+        #[cfg(test)]
+        if self.injected_failure() {
+            // The dropped transaction is aborted, as a failed commit is.
+            return Err(self.err(redb::Error::Io(std::io::Error::other(
+                "injected commit failure",
+            ))));
+        }
         tx.commit().map_err(|e| self.err(e))?;
         Ok(v)
     }
@@ -400,20 +417,49 @@ impl Store {
     /// Applies chunk-map changes in one durable transaction; an entry of 0
     /// removes the chunk (unallocated).
     pub fn apply_chunk_changes(&self, volume: &str, changes: &[(u32, u64)]) -> Result<()> {
-        if changes.is_empty() {
+        self.apply_chunk_changes_many(&[(volume, changes)])
+    }
+
+    /// Applies several volumes' chunk-map changes, each volume's in order,
+    /// in one durable transaction (one fsync for all): all or none.
+    pub fn apply_chunk_changes_many(&self, volumes: &[(&str, &[(u32, u64)])]) -> Result<()> {
+        if volumes.iter().all(|(_, c)| c.is_empty()) {
             return Ok(());
         }
         self.write(|tx| {
             let mut t = tx.open_table(CHUNKS)?;
-            for &(chunk, entry) in changes {
-                if entry == 0 {
-                    t.remove((volume, chunk))?;
-                } else {
-                    t.insert((volume, chunk), entry)?;
+            for &(volume, changes) in volumes {
+                for &(chunk, entry) in changes {
+                    if entry == 0 {
+                        t.remove((volume, chunk))?;
+                    } else {
+                        t.insert((volume, chunk), entry)?;
+                    }
                 }
             }
             Ok(())
-        })
+        })?;
+        self.chunk_commits.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Chunk-map transactions committed since the store was opened.
+    pub fn chunk_commits(&self) -> u64 {
+        self.chunk_commits.load(Ordering::Relaxed)
+    }
+
+    /// TEST ONLY: fails the next `n` write transactions (the store then
+    /// reopens itself, as after a real I/O error).
+    #[cfg(test)]
+    pub(crate) fn fail_next_commits(&self, n: u32) {
+        self.fail_commits.store(n, Ordering::Relaxed);
+    }
+
+    #[cfg(test)]
+    fn injected_failure(&self) -> bool {
+        self.fail_commits
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
     }
 
     /// Saves a heat map without an fsync of its own: it is a hint for a
@@ -465,6 +511,31 @@ mod tests {
         s.delete_volume("a").unwrap();
         assert!(s.chunk_map("a").unwrap().is_empty());
         assert_eq!(s.chunk_map("b").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn changes_of_several_volumes_commit_in_one_transaction() {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(d.path()).unwrap();
+            s.apply_chunk_changes_many(&[("a", &[(0, 11), (1, 12)]), ("b", &[(0, 99)])])
+                .unwrap();
+            assert_eq!(s.chunk_commits(), 1);
+            s.fail_next_commits(1);
+            assert!(s
+                .apply_chunk_changes_many(&[("a", &[(1, 0)]), ("b", &[(3, 7)])])
+                .is_err());
+            assert_eq!(s.chunk_commits(), 1, "a failed commit counts nothing");
+            assert_eq!(
+                s.chunk_map("a").unwrap(),
+                vec![(0, 11), (1, 12)],
+                "all or none"
+            );
+            assert_eq!(s.chunk_map("b").unwrap(), vec![(0, 99)]);
+        }
+        let s = Store::open(d.path()).unwrap();
+        assert_eq!(s.chunk_map("a").unwrap(), vec![(0, 11), (1, 12)]);
+        assert_eq!(s.chunk_map("b").unwrap(), vec![(0, 99)]);
     }
 
     #[test]

@@ -182,6 +182,86 @@ pub fn check_compatible(stored: &VolumeMetadata, meta: &VolumeMetadata) -> Resul
 /// Score a chunk gets before anything is known about it.
 pub const PRIOR_SCORE: f32 = 0.5;
 
+/// Chunk-map changes taken from a volume for one commit, with its commit
+/// lock held: `finish` once they are durable, `restore` if the commit failed.
+struct Taken<'a> {
+    volume: &'a Volume,
+    _commit: MutexGuard<'a, ()>,
+    changes: Vec<(u32, u64)>,
+    frees: Vec<(u64, Mapping)>,
+    /// Sequence number of the first taken change.
+    first: u64,
+}
+
+impl Taken<'_> {
+    /// The changes are durable: the extents they unmapped may be reused.
+    fn finish(self) {
+        let v = self.volume;
+        for (_, m) in self.frees {
+            if let Some(t) = v.tiers.get(m.tier) {
+                t.free(m.unit * UNIT_BYTES, v.chunk_size());
+            }
+        }
+    }
+
+    /// The commit failed: puts the changes and frees back, ahead of newer
+    /// ones, for the next flush.
+    fn restore(self) {
+        let mut p = lock(&self.volume.pending);
+        for c in self.changes.into_iter().rev() {
+            p.changes.push_front(c);
+        }
+        for f in self.frees.into_iter().rev() {
+            p.frees.push_front(f);
+        }
+        p.first_seq = self.first;
+    }
+}
+
+/// Commits several volumes of one store, each up to its ticket, in one
+/// durable store transaction (one fsync), then lets the extents they
+/// unmapped be reused; on error every volume keeps its changes for the next
+/// flush. Commit locks are taken in name order, so concurrent group and
+/// single-volume commits cannot deadlock and each volume's commits stay
+/// serialized. A volume named twice is committed up to its latest ticket.
+pub fn commit_group(group: &[(&Volume, FlushTicket)]) -> Result<()> {
+    let mut order = group.to_vec();
+    order.sort_by(|a, b| {
+        (a.0.name(), std::ptr::from_ref(a.0)).cmp(&(b.0.name(), std::ptr::from_ref(b.0)))
+    });
+    order.dedup_by(|later, kept| {
+        let same = std::ptr::eq(later.0, kept.0);
+        if same {
+            kept.1 = kept.1.max(later.1);
+        }
+        same
+    });
+    let Some(store) = order.first().map(|(v, _)| v.store.clone()) else {
+        return Ok(());
+    };
+    debug_assert!(
+        order.iter().all(|(v, _)| Arc::ptr_eq(&v.store, &store)),
+        "a group commit covers volumes of one store"
+    );
+    let taken: Vec<Taken> = order
+        .iter()
+        .filter_map(|&(v, t)| v.take_pending(t))
+        .collect();
+    if taken.is_empty() {
+        return Ok(());
+    }
+    let changes: Vec<(&str, &[(u32, u64)])> = taken
+        .iter()
+        .map(|t| (t.volume.name(), t.changes.as_slice()))
+        .collect();
+    if let Err(e) = store.apply_chunk_changes_many(&changes) {
+        taken.into_iter().for_each(Taken::restore);
+        return Err(e.into());
+    }
+    taken.into_iter().for_each(Taken::finish);
+    Ok(())
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every holder finishes its update before it can panic, so a poisoned
     // lock still guards consistent data.
@@ -599,42 +679,37 @@ impl Volume {
     /// a flush that finds its changes being committed by another waits for
     /// that commit instead of returning early.
     pub fn commit(&self, ticket: FlushTicket) -> Result<()> {
-        let _commit = lock(&self.commit_lock);
-        let (changes, frees, first) = {
-            let mut p = lock(&self.pending);
-            let n = ticket.0.saturating_sub(p.first_seq) as usize;
-            if n == 0 {
-                return Ok(());
-            }
-            let changes: Vec<_> = p.changes.drain(..n).collect();
-            let first = p.first_seq;
-            p.first_seq += n as u64;
-            let k = p.frees.iter().take_while(|f| f.0 < ticket.0).count();
-            let frees: Vec<_> = p.frees.drain(..k).collect();
-            (changes, frees, first)
-        };
-        if let Err(e) = self.store.apply_chunk_changes(&self.meta.name, &changes) {
-            // Put them back, ahead of newer ones, for the next flush.
-            let mut p = lock(&self.pending);
-            for c in changes.into_iter().rev() {
-                p.changes.push_front(c);
-            }
-            for f in frees.into_iter().rev() {
-                p.frees.push_front(f);
-            }
-            p.first_seq = first;
-            return Err(e.into());
+        commit_group(&[(self, ticket)])
+    }
+
+    /// First step of a commit: waits for any commit of this volume in
+    /// progress, then takes the changes (and frees) `ticket` covers. None
+    /// when there are none left to commit. The commit lock stays held
+    /// until the taken changes are finished or restored.
+    fn take_pending(&self, ticket: FlushTicket) -> Option<Taken<'_>> {
+        let guard = lock(&self.commit_lock);
+        let mut p = lock(&self.pending);
+        let n = ticket.0.saturating_sub(p.first_seq) as usize;
+        if n == 0 {
+            return None;
         }
-        for (_, m) in frees {
-            if let Some(t) = self.tiers.get(m.tier) {
-                t.free(m.unit * UNIT_BYTES, self.chunk_size());
-            }
-        }
-        Ok(())
+        let changes = p.changes.drain(..n).collect();
+        let first = p.first_seq;
+        p.first_seq += n as u64;
+        let k = p.frees.iter().take_while(|f| f.0 < ticket.0).count();
+        let frees = p.frees.drain(..k).collect();
+        Some(Taken {
+            volume: self,
+            _commit: guard,
+            changes,
+            frees,
+            first,
+        })
     }
 
     /// Store commits the committer thread made for this volume's FLUSHes
-    /// (each covers every FLUSH that was waiting).
+    /// (each covers every FLUSH of this volume that was waiting, in one
+    /// transaction with the other volumes' waiting FLUSHes).
     pub fn group_commits(&self) -> u64 {
         self.group_commits.load(Ordering::Relaxed)
     }

@@ -3,7 +3,7 @@ use std::path::Path;
 use super::*;
 use crate::config::{ByteSize, PerformanceMetrics, TierDefinition};
 
-const CHUNK: u64 = 64 * 1024;
+pub(super) const CHUNK: u64 = 64 * 1024;
 
 fn tier_def(id: u8, dir: &Path, cap: u64) -> TierDefinition {
     let d = dir.join(format!("t{id}"));
@@ -26,7 +26,7 @@ fn tier_def(id: u8, dir: &Path, cap: u64) -> TierDefinition {
     }
 }
 
-fn vol_meta(size: u64) -> VolumeMetadata {
+pub(super) fn vol_meta(size: u64) -> VolumeMetadata {
     crate::config::Config::parse(&format!(
         r#"
 [[tier]]
@@ -48,23 +48,42 @@ socket = "/tmp/v.sock"
     .remove(0)
 }
 
-struct Fixture {
+pub(super) struct Fixture {
     dir: tempfile::TempDir,
     tiers: Vec<TierDefinition>,
 }
 
 impl Fixture {
     /// Three tiers of `cap` bytes each.
-    fn new(cap: u64) -> Self {
+    pub(super) fn new(cap: u64) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let tiers = (0..3).map(|i| tier_def(i, dir.path(), cap)).collect();
         Self { dir, tiers }
     }
 
     fn open(&self, meta: VolumeMetadata) -> Result<Volume> {
-        let store = Arc::new(Store::open(&self.dir.path().join("state")).unwrap());
+        let store = Arc::new(Store::open(&self.store_dir()).unwrap());
         let tiers = Arc::new(TierSet::open(&self.tiers, &store).unwrap());
         Volume::open(meta, tiers, store)
+    }
+
+    /// Volumes of 1 MiB named `names`, sharing one store and tier set (as
+    /// a daemon's volumes do).
+    pub(super) fn open_many(&self, names: &[&str]) -> Vec<Arc<Volume>> {
+        let store = Arc::new(Store::open(&self.store_dir()).unwrap());
+        let tiers = Arc::new(TierSet::open(&self.tiers, &store).unwrap());
+        names
+            .iter()
+            .map(|&name| {
+                let mut meta = vol_meta(1 << 20);
+                meta.name = name.to_string();
+                Arc::new(Volume::open(meta, tiers.clone(), store.clone()).unwrap())
+            })
+            .collect()
+    }
+
+    pub(super) fn store_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("state")
     }
 }
 
@@ -263,4 +282,23 @@ fn flush_commits_only_changes_made_before_it() {
     v.flush().unwrap();
     assert!(!v.has_pending_changes());
     assert_eq!(v.store().chunk_map("v").unwrap().len(), 2);
+}
+
+#[test]
+fn restored_changes_go_back_ahead_of_newer_ones() {
+    let f = Fixture::new(1 << 20);
+    let v = f.open(vol_meta(1 << 20)).unwrap();
+    v.write_at(0, &[1u8; 512]).unwrap();
+    v.flush().unwrap();
+    v.zero_range(0, CHUNK, true).unwrap();
+    // A commit takes the unmap; chunk 0 is mapped again meanwhile; the
+    // commit fails and puts the unmap back.
+    let taken = v.take_pending(v.flush_ticket()).unwrap();
+    v.write_at(0, &[2u8; 512]).unwrap();
+    let ticket = v.flush_ticket();
+    taken.restore();
+    v.commit(ticket).unwrap();
+    assert!(!v.has_pending_changes());
+    let entry = v.chunk_map().get(0).unwrap().to_persistent();
+    assert_eq!(v.store().chunk_map("v").unwrap(), vec![(0, entry)]);
 }
