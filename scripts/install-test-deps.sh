@@ -4,8 +4,9 @@
 #     the benchmark peers (qemu-storage-daemon, fio); qemu-utils keeps qemu-img
 #     (installing Debian 12's QEMU replaces a backported qemu-utils)
 #   - libvirt daemon, QEMU driver and virsh: the libvirt domain test
+#   - e2fsprogs: the chaos test of a tier on ext2 (no fallocate)
 set -euo pipefail
-pkgs=(qemu-system-x86 qemu-utils fio busybox-static cpio kmod xz-utils
+pkgs=(qemu-system-x86 qemu-utils fio busybox-static cpio kmod xz-utils e2fsprogs
       libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients)
 need=()
 for pkg in "${pkgs[@]}"; do

@@ -243,50 +243,57 @@ fn client_reconnects_with_io_in_flight_keep_the_data() {
     assert_eq!(bad, 0);
 }
 
-/// A tmpfs mounted for one test, unmounted when dropped.
-struct Tmpfs(std::path::PathBuf);
+/// A small filesystem mounted for one test, unmounted when dropped (the
+/// mounts need root; CI and scripts/test.sh run as root).
+struct Mount(std::path::PathBuf);
 
-impl Tmpfs {
-    /// Mounts a tmpfs of `bytes` at `dir` (the mount needs root; CI and
-    /// scripts/test.sh run as root).
-    fn mount(dir: &std::path::Path, bytes: u64) -> Self {
+impl Mount {
+    fn run(cmd: &mut std::process::Command) {
+        let ok = cmd.status().is_ok_and(|st| st.success());
+        assert!(ok, "{cmd:?} failed: this test needs root");
+    }
+
+    /// A tmpfs of `bytes` at `dir`: no FALLOC_FL_ZERO_RANGE.
+    fn tmpfs(dir: &std::path::Path, bytes: u64) -> Self {
         std::fs::create_dir_all(dir).unwrap();
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
-            .arg(dir)
-            .status()
-            .is_ok_and(|st| st.success());
-        assert!(
-            ok,
-            "mounting a tmpfs at {} failed: this test needs root",
-            dir.display()
+        Self::run(
+            std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+                .arg(dir),
+        );
+        Self(dir.to_path_buf())
+    }
+
+    /// An ext2 filesystem of `bytes` in `image`, loop-mounted at `dir`: no
+    /// fallocate at all (no preallocation, no ZERO_RANGE).
+    fn ext2(dir: &std::path::Path, image: &std::path::Path, bytes: u64) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::File::create(image)
+            .unwrap()
+            .set_len(bytes)
+            .unwrap();
+        Self::run(std::process::Command::new("mkfs.ext2").arg("-q").arg(image));
+        Self::run(
+            std::process::Command::new("mount")
+                .args(["-t", "ext2", "-o", "loop"])
+                .arg(image)
+                .arg(dir),
         );
         Self(dir.to_path_buf())
     }
 }
 
-impl Drop for Tmpfs {
+impl Drop for Mount {
     fn drop(&mut self) {
         let _ = std::process::Command::new("umount").arg(&self.0).status();
     }
 }
 
-#[test]
-#[ignore = "chaos: run by scripts/test.sh with --ignored --nocapture"]
-fn a_tier_on_a_small_tmpfs_fills_then_serves_again_once_freed() {
-    // tmpfs has no FALLOC_FL_ZERO_RANGE: extent reuse takes the fallback.
-    let dir = tempfile::tempdir().unwrap();
-    let mnt = dir.path().join("tier0");
-    let _tmpfs = Tmpfs::mount(&mnt, 6 * MIB);
-    let config = write_config(
-        dir.path(),
-        &tiers(&[4 * MIB]),
-        &[VolumeSpec {
-            size: 8 * MIB,
-            ..VolumeSpec::default()
-        }],
-    );
-    let d = Daemon::start_at(dir, config);
+/// Fills a 4 MiB tier through an 8 MiB volume of 64 KiB chunks, checks
+/// what fitted, frees 2 MiB and writes new chunks into the freed extents,
+/// which must read back zeroed beyond the new data. Returns (chunks
+/// written, writes refused, reused extents checked).
+fn fill_free_reuse(d: &Daemon) -> (u64, u64, u64) {
     let mut c = Client::connect(&d.socket("vol0"), 1, false).unwrap();
     let data = pattern(64 * KIB as usize, 9);
     let (mut written, mut refused) = (0u64, 0u64);
@@ -313,7 +320,7 @@ fn a_tier_on_a_small_tmpfs_fills_then_serves_again_once_freed() {
         );
     }
     // Free half, make it durable, and write again: reused extents are
-    // zeroed first (by PUNCH_HOLE or writing zeros on tmpfs).
+    // zeroed first (by a fallback where ZERO_RANGE is missing).
     assert_eq!(c.discard(0, 0, 2 * MIB), 0, "{}", d.log());
     assert_eq!(c.flush(0), 0, "{}", d.log());
     let small = pattern(4 * KIB as usize, 10);
@@ -334,8 +341,59 @@ fn a_tier_on_a_small_tmpfs_fills_then_serves_again_once_freed() {
         );
         rewritten += 1;
     }
+    (written, refused, rewritten)
+}
+
+fn small_volume() -> [VolumeSpec; 1] {
+    [VolumeSpec {
+        size: 8 * MIB,
+        ..VolumeSpec::default()
+    }]
+}
+
+#[test]
+#[ignore = "chaos: run by scripts/test.sh with --ignored --nocapture"]
+fn a_tier_on_a_small_tmpfs_fills_then_serves_again_once_freed() {
+    let dir = tempfile::tempdir().unwrap();
+    let _fs = Mount::tmpfs(&dir.path().join("tier0"), 6 * MIB);
+    let config = write_config(dir.path(), &tiers(&[4 * MIB]), &small_volume());
+    let d = Daemon::start_at(dir, config);
+    let (written, refused, rewritten) = fill_free_reuse(&d);
     println!(
         "chaos tmpfs: tier full after {written} chunks, {refused} writes refused, 2 MiB freed, {rewritten} reused extents zeroed and written"
+    );
+}
+
+#[test]
+#[ignore = "chaos: run by scripts/test.sh with --ignored --nocapture"]
+fn a_tier_on_ext2_gets_only_the_room_it_has_and_zeroes_reused_extents() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("tier0");
+    let _fs = Mount::ext2(&mnt, &dir.path().join("ext2.img"), 8 * MIB);
+    // ext2 cannot preallocate: a 16 MiB tier on an 8 MiB filesystem would
+    // be a sparse promise the disk cannot keep. Refused, and no file left.
+    let config = write_config(dir.path(), &tiers(&[16 * MIB]), &small_volume());
+    let mut d = Daemon::not_started(dir, config);
+    let err = d.start_refused();
+    assert!(
+        err.contains("tier0") && err.contains("bytes free"),
+        "the refusal names the tier and the room: {err}"
+    );
+    assert!(
+        !mnt.join("extents.dat").exists(),
+        "a refused tier leaves no file"
+    );
+    // A tier that fits is served; extent reuse zeroes without ZERO_RANGE.
+    d.edit_config(|c| {
+        c.replace(
+            &format!("capacity = {}", 16 * MIB),
+            &format!("capacity = {}", 4 * MIB),
+        )
+    });
+    d.restart();
+    let (written, refused, rewritten) = fill_free_reuse(&d);
+    println!(
+        "chaos ext2: a 16 MiB tier on an 8 MiB ext2 refused; a 4 MiB one full after {written} chunks, {refused} writes refused, {rewritten} reused extents zeroed and written"
     );
 }
 
@@ -347,7 +405,7 @@ fn a_full_metadata_filesystem_fails_flushes_until_space_returns() {
     // is reopened and the next FLUSH commits everything before it.
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    let _tmpfs = Tmpfs::mount(&state, 8 * MIB);
+    let _tmpfs = Mount::tmpfs(&state, 8 * MIB);
     let config = write_config(dir.path(), &tiers3(), &[VolumeSpec::default()]);
     let mut d = Daemon::start_at(dir, config);
     let mut c = Client::connect(&d.socket("vol0"), 1, false).unwrap();

@@ -113,13 +113,18 @@ impl Daemon {
 
     /// Starts the daemon on a config already written into `dir`.
     pub fn start_at(dir: tempfile::TempDir, config: PathBuf) -> Self {
-        let mut d = Self {
+        let mut d = Self::not_started(dir, config);
+        d.restart();
+        d
+    }
+
+    /// A daemon of this config, not started (for `start_refused`).
+    pub fn not_started(dir: tempfile::TempDir, config: PathBuf) -> Self {
+        Self {
             dir,
             config,
             child: None,
-        };
-        d.restart();
-        d
+        }
     }
 
     pub fn socket(&self, volume: &str) -> PathBuf {
