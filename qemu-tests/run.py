@@ -344,9 +344,9 @@ def test_restart(suite, dir):
 
 
 class InflightDaemon(Daemon):
-    """Every tier delays writes by 2 ms, so reads of never-written blocks
+    """Every tier delays writes by 20 ms, so reads of never-written blocks
     (no device I/O) overtake the writes queued before them."""
-    TIERS = [(cap, "{ write_latency_us = 2000 }") for cap, _ in Daemon.TIERS]
+    TIERS = [(cap, "{ write_latency_us = 20000 }") for cap, _ in Daemon.TIERS]
 
 
 def test_inflight(suite, dir):

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Requests completed out of order while tierblk is killed: one fio process on
-# one vCPU (so one virtqueue) runs a verifying random writer (writes take 2 ms,
+# one vCPU (so one virtqueue) runs a verifying random writer (writes take 20 ms,
 # emulated) beside a reader of never-written blocks (served at once), libaio
 # with 16 requests in flight each. The host kills tierblk (SIGKILL) several
 # times meanwhile; every write must complete exactly once (fio verifies every
