@@ -344,9 +344,9 @@ def test_restart(suite, dir):
 
 
 class InflightDaemon(Daemon):
-    """Every tier delays writes by 20 ms, so reads of never-written blocks
+    """Every tier delays writes by 100 ms, so reads of never-written blocks
     (no device I/O) overtake the writes queued before them."""
-    TIERS = [(cap, "{ write_latency_us = 20000 }") for cap, _ in Daemon.TIERS]
+    TIERS = [(cap, "{ write_latency_us = 100000 }") for cap, _ in Daemon.TIERS]
 
 
 def test_inflight(suite, dir):
@@ -357,14 +357,15 @@ def test_inflight(suite, dir):
     no hang."""
     d = InflightDaemon(dir)
     d.start()
-    kills = int(os.environ.get("TIERBLK_INFLIGHT_KILLS", "4"))
+    kills = int(os.environ.get("TIERBLK_INFLIGHT_KILLS", "3"))
 
     def during(g):
         if not g.wait_for("@@PHASE1-DONE", 600):
             return
-        for _ in range(kills):
-            time.sleep(6)
+        for i in range(kills):
+            time.sleep(5)
             d.kill9()
+            log(f"inflight: kill {i + 1}")
             time.sleep(0.3)
             d.start()
 

@@ -437,7 +437,9 @@ impl Worker {
                 return 0;
             }
         };
-        let Some(r) = t.recover(used) else {
+        let r = t.recover(used);
+        debug!("queue: start with used index {used}: {r:?}");
+        let Some(r) = r else {
             return 0;
         };
         vring.set_queue_next_avail(r.next_avail);
