@@ -29,7 +29,7 @@ use log::{debug, error, warn};
 use crate::{
     config::PlacementSettings,
     migrate::{self, Outcome, RateLimiter},
-    place::{Move, Placer, PlacerParams},
+    place::{self, Move, Placer, PlacerParams},
     predict::{HeatMap, Predictor},
     profile::History,
     volume::Volume,
@@ -219,15 +219,14 @@ impl Brain {
         let ids = v.tiers().ids();
         let slowest = ids.len() - 1;
         let cs = v.chunk_size();
-        // Unallocated chunks count as slowest-tier residents: promoting them
-        // is a no-op (migrate skips them) and the slowest tier is unbounded
-        // for planning, so they never crowd out real data.
+        // Unallocated chunks have no tier: the allocation hint places them
+        // when they are written.
         let current: Vec<u8> = (0..v.chunk_count())
             .map(|c| {
                 v.chunk_map()
                     .get(c)
                     .and_then(|m| ids.iter().position(|&i| i == m.tier))
-                    .unwrap_or(slowest) as u8
+                    .map_or(place::UNPLACED, |t| t as u8)
             })
             .collect();
         let capacity: Vec<u64> = ids

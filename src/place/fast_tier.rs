@@ -202,7 +202,7 @@ impl FastTier {
             return plan;
         }
         let mut occupancy = vec![0u64; n_tiers];
-        for &t in current {
+        for &t in current.iter().filter(|&&t| t != super::UNPLACED) {
             occupancy[(t as usize).min(n_tiers - 1)] += 1;
         }
         let scores = heat.scores();
@@ -218,6 +218,9 @@ impl FastTier {
         for c in want {
             if left == 0 {
                 break;
+            }
+            if current[c as usize] == super::UNPLACED {
+                continue;
             }
             let from = (current[c as usize] as usize).min(n_tiers - 1);
             if from == 0 {

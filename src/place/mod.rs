@@ -18,9 +18,15 @@ pub mod recency;
 
 pub use fast_tier::{FastTier, FastTierConfig, MissAction};
 pub use placer::{Placer, PlacerParams};
+
 pub use plan::{plan, Move, Plan, PlanInput};
 
 use crate::config::TieringPolicy;
+
+/// The tier of a chunk that has no extent yet (never written): plans
+/// leave it alone (the allocation hint places it when it is written) and
+/// it takes no room.
+pub const UNPLACED: u8 = u8::MAX;
 
 /// Score at or above which a chunk belongs on the fastest tier (default policy).
 pub const HOT: f32 = 0.8;

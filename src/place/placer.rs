@@ -17,7 +17,9 @@
 //! replay feeds them when asked to model demand promotion; the daemon's
 //! mover will feed them from the data path's miss queue.
 
-use super::{plan, tier_for_score, FastTier, FastTierConfig, MissAction, Move, Plan, PlanInput};
+use super::{
+    plan, tier_for_score, FastTier, FastTierConfig, MissAction, Move, Plan, PlanInput, UNPLACED,
+};
 use crate::{
     config::{PlacementSettings, TieringPolicy},
     predict::HeatMap,
@@ -148,7 +150,8 @@ impl Placer {
     }
 
     /// The epoch's moves, tiers as fastest-first indexes. `current[c]` is
-    /// chunk `c`'s tier (a chunk being moved: where it goes), `capacity`
+    /// chunk `c`'s tier (a chunk being moved: where it goes; [`UNPLACED`]:
+    /// no extent yet, left alone), `capacity`
     /// the chunks each tier can hold for this volume (a chunk being moved
     /// holds room on both tiers), `epoch_secs` the epoch's length (the move
     /// budget). Applying the moves in order never overfills a tier.
@@ -171,7 +174,7 @@ impl Placer {
         let score = |c: u32| heat.scores().get(c as usize).copied().unwrap_or(0.0);
         let mut now = current.to_vec();
         let mut occupancy = vec![0u64; n_tiers];
-        for &t in &now {
+        for &t in now.iter().filter(|&&t| t != UNPLACED) {
             occupancy[(t as usize).min(n_tiers - 1)] += 1;
         }
         // 1. Off tier 0: residents the policy no longer keeps there.
@@ -325,7 +328,8 @@ mod tests {
             // Default: 0.75 is within the margin of 0.8, so it stays.
             (TieringPolicy::Default, vec![2, 0, 0, 2]),
             // Performance-optimized keeps anything scored on tier 0.
-            (TieringPolicy::PerformanceOptimized, vec![0, 0, 0, 2]),
+            // (and puts cold ones on the second tier, never the slowest).
+            (TieringPolicy::PerformanceOptimized, vec![0, 0, 0, 1]),
         ] {
             let mut p = placer(policy, 4, 4);
             let mut current = vec![0u8, 0, 0, 2];
@@ -348,6 +352,22 @@ mod tests {
         let plan = p.plan_epoch(&History::new(8), &heat, &current.clone(), &capacity, 10.0);
         apply(&mut current, &capacity, &plan);
         assert!(plan.moves.is_empty(), "{plan:?}");
+    }
+
+    #[test]
+    fn chunks_without_an_extent_are_left_to_the_allocation_hint() {
+        let mut p = placer(TieringPolicy::PerformanceOptimized, 3, 2);
+        let heat = HeatMap::from_scores(vec![0.9, 0.0, 0.9]);
+        let current = [UNPLACED, UNPLACED, 2];
+        let plan = p.plan_epoch(&History::new(3), &heat, &current, &[2, 4, u64::MAX], 10.0);
+        assert_eq!(
+            plan.moves,
+            vec![Move {
+                chunk: 2,
+                from: 2,
+                to: 0
+            }]
+        );
     }
 
     #[test]

@@ -8,7 +8,8 @@ use crate::{config::TieringPolicy, predict::HeatMap};
 pub struct PlanInput<'a> {
     pub policy: TieringPolicy,
     pub heat: &'a HeatMap,
-    /// Current tier (index into the fastest-first tier list) of every chunk.
+    /// Current tier (index into the fastest-first tier list) of every
+    /// chunk, or [`super::UNPLACED`].
     pub current: &'a [u8],
     /// Capacity of each tier in chunks, fastest first.
     pub capacity: &'a [u64],
@@ -82,6 +83,9 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
     let mut promote = Vec::new();
     let mut demote = Vec::new();
     for (c, &t) in current.iter().enumerate() {
+        if t == super::UNPLACED {
+            continue;
+        }
         let t = (t as usize).min(n_tiers - 1);
         occupancy[t] += 1;
         if t < first {
