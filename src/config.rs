@@ -427,12 +427,94 @@ impl Default for DaemonSettings {
     }
 }
 
+/// Tunables of the placement engine ([`crate::place::Placer`]), the same
+/// for every volume and for `tierblk replay`. A volume's
+/// `tiering_policy` picks the score thresholds; these shape how tier 0
+/// is managed and how much moves per epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlacementSettings {
+    /// Share of tier 0 kept as the protected recency segment: its most
+    /// recently used chunks are never displaced.
+    pub protected_share: f64,
+    /// Most tier-0 residents examined (from the least recently used end)
+    /// when picking a chunk to displace.
+    pub max_window: usize,
+    /// A chunk promoted on demand (a miss) is admitted unless its score is
+    /// below the displaced chunk's by more than this (1 or more: always,
+    /// like LRU).
+    pub admit_slack: f32,
+    /// Lowest score a chunk needs to be promoted into tier 0 ahead of use
+    /// (prefetch) at an epoch; above 1: no prefetch.
+    pub prefetch_min: f32,
+    /// Score gain a prefetch needs over the tier-0 chunk it displaces.
+    pub prefetch_margin: f32,
+    /// Hysteresis of the plan: a promotion must beat the chunk it
+    /// displaces by this much, and a chunk stays on its tier until its
+    /// score is this far below the policy's threshold for it.
+    pub plan_margin: f32,
+    /// Upper bound of chunk moves per epoch whatever the migration rate
+    /// allows.
+    pub max_moves_per_epoch: usize,
+}
+
+impl Default for PlacementSettings {
+    fn default() -> Self {
+        Self {
+            protected_share: 0.5,
+            max_window: 256,
+            admit_slack: 1.0,
+            prefetch_min: 0.5,
+            prefetch_margin: 0.2,
+            plan_margin: 0.1,
+            max_moves_per_epoch: 4096,
+        }
+    }
+}
+
+impl PlacementSettings {
+    /// Checks every key's range; errors name `placement.<key>`.
+    pub fn validate(&self) -> Result<()> {
+        let share = self.protected_share;
+        if !(share.is_finite() && (0.0..=1.0).contains(&share)) {
+            return Err(invalid(
+                "placement.protected_share",
+                share,
+                "must be a share in [0, 1]",
+            ));
+        }
+        if self.max_window == 0 {
+            return Err(invalid("placement.max_window", 0, "must be at least 1"));
+        }
+        for (k, v) in [
+            ("placement.admit_slack", self.admit_slack),
+            ("placement.prefetch_min", self.prefetch_min),
+            ("placement.prefetch_margin", self.prefetch_margin),
+            ("placement.plan_margin", self.plan_margin),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(invalid(k, v, "must be a non-negative number"));
+            }
+        }
+        if self.max_moves_per_epoch == 0 {
+            return Err(invalid(
+                "placement.max_moves_per_epoch",
+                0,
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The whole configuration file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
     pub daemon: DaemonSettings,
+    #[serde(default)]
+    pub placement: PlacementSettings,
     #[serde(rename = "tier", default)]
     pub tiers: Vec<TierDefinition>,
     #[serde(rename = "volume", default)]
@@ -544,6 +626,7 @@ impl Config {
                 format!("must be a number of MiB/s in [0, {MAX_MIGRATION_MIBPS}] (0 = no limit)"),
             ));
         }
+        self.placement.validate()?;
         if self.daemon.socket_mode.0 & 0o007 != 0 {
             return Err(invalid(
                 "daemon.socket_mode",

@@ -1,8 +1,10 @@
-//! The per-volume epoch loop ("brain" thread). Every epoch it folds the
-//! data path's access counters into the history, predicts the heat map,
-//! publishes it as allocation hints, saves it for a warm restart, plans
-//! promotions and demotions and carries them out with shadow-clone
-//! migrations under the migration rate limit. It never runs per I/O.
+//! The per-volume epoch loop ("brain" thread): fold → predict → place →
+//! migrate. Every epoch it folds the data path's access counters into the
+//! history, predicts the heat map, publishes it as allocation hints, saves
+//! it for a warm restart, asks the volume's [`Placer`] (the same engine
+//! `tierblk replay` drives) for the epoch's moves and carries them out with
+//! shadow-clone migrations under the migration rate limit. It never runs
+//! per I/O.
 //!
 //! The thread is supervised: a panic in an epoch is caught, logged and
 //! counted ([`BrainHealth`]), and the next epoch runs as usual; after
@@ -25,17 +27,14 @@ use std::{
 use log::{debug, error, warn};
 
 use crate::{
+    config::PlacementSettings,
     migrate::{self, Outcome, RateLimiter},
-    place::{self, FastTier, FastTierConfig, Move, PlanInput},
+    place::{self, Move, Placer, PlacerParams},
     predict::{HeatMap, Predictor},
     profile::History,
     volume::Volume,
 };
 
-/// Hysteresis a promotion must beat the chunk it displaces by.
-const PLAN_MARGIN: f32 = 0.1;
-/// Upper bound of moves per epoch whatever the rate allows.
-const MAX_MOVES_PER_EPOCH: usize = 4096;
 /// Panicking epochs in a row after which the brain stops tiering its volume.
 pub const MAX_CONSECUTIVE_PANICS: u32 = 5;
 
@@ -79,41 +78,49 @@ pub struct Brain {
     predictor: Box<dyn Predictor>,
     heat: HeatMap,
     limiter: RateLimiter,
-    budget: usize,
-    /// Recency and residency of this volume's chunks on the fastest tier.
-    fast: FastTier,
+    /// The volume's placement engine.
+    placer: Placer,
+    /// Epoch length, seconds (the placer's move budget).
+    epoch_secs: f64,
+    /// The moves the last epoch planned, in order.
+    last_plan: Vec<Move>,
     health: Arc<BrainHealth>,
 }
 
 impl Brain {
     /// `migration_mibps` bounds migration bandwidth; the epoch's move budget
-    /// is what that rate copies in one epoch.
+    /// is what that rate copies in one epoch (see [`Placer::move_budget`]).
     pub fn new(
         volume: Arc<Volume>,
         predictor: Box<dyn Predictor>,
         epoch: Duration,
         migration_mibps: f64,
+        placement: PlacementSettings,
     ) -> Self {
         let n = volume.chunk_count() as usize;
-        let bytes = migration_mibps * 1024.0 * 1024.0 * epoch.as_secs_f64();
-        let budget = if migration_mibps <= 0.0 {
-            MAX_MOVES_PER_EPOCH
-        } else {
-            ((bytes / volume.chunk_size() as f64) as usize).clamp(1, MAX_MOVES_PER_EPOCH)
-        };
         let heat = HeatMap::from_scores((0..n as u32).map(|c| volume.score(c)).collect());
         let fastest = volume.tiers().ids()[0];
         let fast_chunks = volume
             .tiers()
             .get(fastest)
             .map_or(0, |t| (t.usage().1 / volume.chunk_size()) as usize);
+        let placer = Placer::new(PlacerParams {
+            policy: volume.policy(),
+            settings: placement,
+            n_chunks: n,
+            n_tiers: volume.tiers().ids().len(),
+            fast_capacity: fast_chunks,
+            chunk_size: volume.chunk_size(),
+            migration_mibps,
+        });
         Self {
-            fast: FastTier::new(n, fast_chunks, FastTierConfig::default()),
+            placer,
+            epoch_secs: epoch.as_secs_f64(),
+            last_plan: Vec::new(),
             history: History::new(n),
             predictor,
             heat,
             limiter: RateLimiter::new(migration_mibps),
-            budget,
             volume,
             health: Arc::default(),
         }
@@ -205,21 +212,21 @@ impl Brain {
             epoch: self.history.epoch(),
             ..Default::default()
         };
+        self.last_plan.clear();
         if !v.metadata().tiering_enabled {
             return report;
         }
         let ids = v.tiers().ids();
         let slowest = ids.len() - 1;
         let cs = v.chunk_size();
-        // Unallocated chunks count as slowest-tier residents: promoting them
-        // is a no-op (migrate skips them) and the slowest tier is unbounded
-        // for planning, so they never crowd out real data.
+        // Unallocated chunks have no tier: the allocation hint places them
+        // when they are written.
         let current: Vec<u8> = (0..v.chunk_count())
             .map(|c| {
                 v.chunk_map()
                     .get(c)
                     .and_then(|m| ids.iter().position(|&i| i == m.tier))
-                    .unwrap_or(slowest) as u8
+                    .map_or(place::UNPLACED, |t| t as u8)
             })
             .collect();
         let capacity: Vec<u64> = ids
@@ -234,20 +241,36 @@ impl Brain {
                 mine + (total - used) / cs
             })
             .collect();
-        let moves = self.plan(&current, &capacity);
+        let moves = self.placer.plan_epoch(
+            &self.history,
+            &self.heat,
+            &current,
+            &capacity,
+            self.epoch_secs,
+        );
+        let moves = moves.moves;
         report.planned = moves.len();
-        for m in &moves {
+        self.last_plan.clone_from(&moves);
+        for (i, m) in moves.iter().enumerate() {
             let to = ids[m.to as usize];
             match migrate::migrate_chunk(v, m.chunk, to, &mut self.limiter) {
-                Ok(Outcome::Moved { .. }) if m.to < m.from => report.promoted += 1,
-                Ok(Outcome::Moved { .. }) => report.demoted += 1,
-                Ok(Outcome::Skipped(why)) => {
-                    // Keep the fast tier's view true to where the chunk is.
-                    if m.to == 0 {
-                        self.fast.remove(m.chunk);
-                    } else if m.from == 0 {
-                        self.fast.insert(m.chunk);
+                Ok(Outcome::Moved { .. }) => {
+                    if m.to < m.from {
+                        report.promoted += 1;
+                    } else {
+                        report.demoted += 1;
                     }
+                    // The old extent is free only once the switch is
+                    // committed; the plan counts on its room for a later
+                    // move into that tier (a swap), so commit now.
+                    if moves[i + 1..].iter().any(|n| n.to == m.from) {
+                        if let Err(e) = v.flush() {
+                            warn!("volume '{}': committing a migration: {e}", v.name());
+                        }
+                    }
+                }
+                Ok(Outcome::Skipped(why)) => {
+                    self.placer.skipped(m);
                     debug!(
                         "volume '{}': chunk {} not moved: {why:?}",
                         v.name(),
@@ -271,63 +294,10 @@ impl Brain {
         report
     }
 
-    /// The epoch's moves, tiers as fastest-first indexes. The fastest tier
-    /// is managed by `place::FastTier` (recency-protected, evicting the
-    /// chunks predicted coldest among the least recently used, prefetching
-    /// predicted-hot ones); the slower tiers by `place::plan`'s score
-    /// thresholds over the chunks that are not on the fastest tier.
-    fn plan(&mut self, current: &[u8], capacity: &[u64]) -> Vec<Move> {
-        // Bring the fast tier's view in line with the chunk map, then
-        // record this epoch's accesses to its residents.
-        for (c, &t) in current.iter().enumerate() {
-            let c = c as u32;
-            match (t == 0, self.fast.contains(c)) {
-                (true, false) => {
-                    self.fast.insert(c);
-                }
-                (false, true) => self.fast.remove(c),
-                _ => {}
-            }
-        }
-        for &c in self.history.active() {
-            if self.history.count(c as usize, 0) > 0 {
-                self.fast.touch(c);
-            }
-        }
-        let mut moves = self
-            .fast
-            .plan_epoch(&self.heat, current, capacity, self.budget)
-            .moves;
-        let left = self.budget.saturating_sub(moves.len());
-        if left == 0 || capacity.len() < 3 {
-            return moves;
-        }
-        // The slower tiers: chunks not on the fastest tier (after the moves
-        // above), as a placement problem over tiers 1.. .
-        let mut now = current.to_vec();
-        for m in &moves {
-            now[m.chunk as usize] = m.to;
-        }
-        let ids: Vec<u32> = (0..now.len() as u32)
-            .filter(|&c| now[c as usize] != 0)
-            .collect();
-        let sub_heat =
-            HeatMap::from_scores(ids.iter().map(|&c| self.heat.score(c as usize)).collect());
-        let sub_current: Vec<u8> = ids.iter().map(|&c| now[c as usize] - 1).collect();
-        let sub = place::plan(PlanInput {
-            policy: self.volume.policy(),
-            heat: &sub_heat,
-            current: &sub_current,
-            capacity: &capacity[1..],
-            budget: left,
-            margin: PLAN_MARGIN,
-        });
-        moves.extend(sub.moves.into_iter().map(|m| Move {
-            chunk: ids[m.chunk as usize],
-            from: m.from + 1,
-            to: m.to + 1,
-        }));
-        moves
+    /// The moves the last epoch planned, in order (tiers as fastest-first
+    /// indexes), whether or not each happened.
+    pub fn last_plan(&self) -> &[Move] {
+        &self.last_plan
     }
 }
 
@@ -367,8 +337,12 @@ mod tests {
     const CHUNK: u64 = 64 * 1024;
 
     fn open(dir: &Path, volume_extra: &str) -> Arc<Volume> {
+        open_sized(dir, ["256KiB", "1MiB", "4MiB"], "2MiB", volume_extra)
+    }
+
+    fn open_sized(dir: &Path, caps: [&str; 3], size: &str, volume_extra: &str) -> Arc<Volume> {
         let mut s = String::new();
-        for (i, cap) in ["256KiB", "1MiB", "4MiB"].iter().enumerate() {
+        for (i, cap) in caps.iter().enumerate() {
             let p = dir.join(format!("t{i}"));
             std::fs::create_dir_all(&p).unwrap();
             s += &format!(
@@ -378,7 +352,7 @@ mod tests {
             );
         }
         s += &format!(
-            "[[volume]]\nname = \"v\"\nsize = \"2MiB\"\nchunk_size = \"64KiB\"\nsocket = \"/tmp/unused\"\n{volume_extra}\n"
+            "[[volume]]\nname = \"v\"\nsize = \"{size}\"\nchunk_size = \"64KiB\"\nsocket = \"/tmp/unused\"\n{volume_extra}\n"
         );
         let cfg = Config::parse(&s).unwrap();
         let store = Arc::new(Store::open(&dir.join("state")).unwrap());
@@ -397,7 +371,13 @@ mod tests {
         }
         assert!((0..32).all(|c| v.block_metadata(c).tier == Some(2)));
         let predictor = crate::predict::load("ewma").unwrap();
-        let mut brain = Brain::new(v.clone(), predictor, Duration::from_secs(1), 0.0);
+        let mut brain = Brain::new(
+            v.clone(),
+            predictor,
+            Duration::from_secs(1),
+            0.0,
+            PlacementSettings::default(),
+        );
         let mut buf = [0u8; 4096];
         let mut promoted = 0;
         for _ in 0..6 {
@@ -477,7 +457,13 @@ mod tests {
             v.write_at(c as u64 * CHUNK, &[c as u8 + 1; 4096]).unwrap();
         }
         let (predictor, calls) = Flaky::boxed(|n| n <= 2);
-        let mut brain = Brain::new(v.clone(), predictor, Duration::from_secs(1), 0.0);
+        let mut brain = Brain::new(
+            v.clone(),
+            predictor,
+            Duration::from_secs(1),
+            0.0,
+            PlacementSettings::default(),
+        );
         let health = brain.health();
         let mut consecutive = 0;
         let mut promoted = false;
@@ -507,7 +493,13 @@ mod tests {
         v.write_at(0, &[9u8; 4096]).unwrap();
         // Panics on calls 1-2, works on 3-6, then panics for good.
         let (predictor, calls) = Flaky::boxed(|n| n <= 2 || n >= 7);
-        let brain = Brain::new(v.clone(), predictor, Duration::from_millis(1), 0.0);
+        let brain = Brain::new(
+            v.clone(),
+            predictor,
+            Duration::from_millis(1),
+            0.0,
+            PlacementSettings::default(),
+        );
         let health = brain.health();
         let handle = spawn(brain, Duration::from_millis(1)).unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -543,6 +535,7 @@ mod tests {
             crate::predict::load("ewma").unwrap(),
             Duration::from_secs(1),
             0.0,
+            PlacementSettings::default(),
         );
         for _ in 0..3 {
             for _ in 0..50 {
@@ -553,5 +546,93 @@ mod tests {
         }
         assert_eq!(v.block_metadata(0).tier, Some(2));
         assert!(v.score(0) > 0.0, "still profiled");
+    }
+
+    #[test]
+    fn database_profile_chunks_hinted_to_the_middle_tier_are_not_demoted_at_epoch_1() {
+        let dir = tempfile::tempdir().unwrap();
+        // 256 chunks of 64 KiB; tier 1 holds them all.
+        let v = open_sized(dir.path(), ["1MiB", "32MiB", "64MiB"], "16MiB", "");
+        let xml = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("libvirt/profile-example.xml"),
+        )
+        .unwrap();
+        let profile = crate::profile::VmProfile::parse(&xml).unwrap();
+        assert_eq!(profile.app.as_deref(), Some("postgres"));
+        let prior = crate::profile::initial_heat_map(Some(&profile), None, 256);
+        for (c, &s) in prior.scores().iter().enumerate() {
+            v.set_score(c as u32, s);
+        }
+        let mut brain = Brain::new(
+            v.clone(),
+            crate::predict::load("ewma").unwrap(),
+            Duration::from_secs(1),
+            0.0,
+            PlacementSettings::default(),
+        );
+        for c in 0..256u32 {
+            v.write_at(c as u64 * CHUNK, &[1u8; 4096]).unwrap();
+            v.record_access(true, c as u64 * CHUNK, 4096, false);
+        }
+        assert!(
+            (0..256).all(|c| v.block_metadata(c).tier == Some(1)),
+            "the hint puts a lukewarm database disk on the middle tier"
+        );
+        let r = brain.run_epoch();
+        assert_eq!(
+            (r.demoted, r.failed),
+            (0, 0),
+            "{r:?}: {:?}",
+            brain.last_plan()
+        );
+        assert!((0..256).all(|c| v.block_metadata(c).tier == Some(1)));
+    }
+
+    #[test]
+    fn cost_optimized_moves_chunks_idle_for_many_epochs_off_tier_0() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = open(dir.path(), "tiering_policy = \"cost-optimized\"");
+        for c in 0..4u32 {
+            v.set_score(c, 1.0);
+            v.write_at(c as u64 * CHUNK, &[c as u8 + 1; 4096]).unwrap();
+        }
+        assert!((0..4).all(|c| v.block_metadata(c).tier == Some(0)));
+        let mut brain = Brain::new(
+            v.clone(),
+            crate::predict::load("ewma").unwrap(),
+            Duration::from_secs(1),
+            0.0,
+            PlacementSettings::default(),
+        );
+        // Busy for three epochs: they stay on tier 0.
+        for _ in 0..3 {
+            for c in 0..4u32 {
+                for _ in 0..50 {
+                    v.record_access(false, c as u64 * CHUNK, 4096, false);
+                }
+            }
+            brain.run_epoch();
+            assert!((0..4).all(|c| v.block_metadata(c).tier == Some(0)));
+        }
+        // Chunk 0 stays busy; the others go idle for 12 epochs.
+        for _ in 0..12 {
+            for _ in 0..50 {
+                v.record_access(false, 0, 4096, false);
+            }
+            assert_eq!(brain.run_epoch().failed, 0);
+        }
+        assert_eq!(v.block_metadata(0).tier, Some(0), "the busy chunk stays");
+        for c in 1..4u32 {
+            assert_eq!(
+                v.block_metadata(c).tier,
+                Some(2),
+                "idle chunk {c} is on the cheapest tier"
+            );
+        }
+        let mut buf = [0u8; 4096];
+        for c in 0..4u32 {
+            v.read_at(c as u64 * CHUNK, &mut buf).unwrap();
+            assert!(buf.iter().all(|&b| b == c as u8 + 1), "chunk {c} data");
+        }
     }
 }

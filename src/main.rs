@@ -6,7 +6,6 @@ use clap::{Parser, Subcommand};
 use tierblk::{
     config::{ByteSize, Config, TieringPolicy},
     daemon,
-    place::FastTierConfig,
     predict::learned::{train, Arch},
     replay::{self, PolicyKind, ReplayConfig},
 };
@@ -81,15 +80,31 @@ struct ReplayArgs {
     /// configured capacity of tier 0.
     #[arg(long, default_value_t = 0.1)]
     fast_fraction: f64,
-    /// Requests per profiling epoch.
-    #[arg(long, default_value_t = 1000)]
-    epoch_requests: u64,
+    /// Seconds of trace time per epoch, as the daemon's clock; default:
+    /// the config's `daemon.epoch_secs`.
+    #[arg(long, conflicts_with = "epoch_requests")]
+    epoch_secs: Option<f64>,
+    /// End an epoch every this many requests instead of by trace time
+    /// (for comparisons that need a fixed request count per epoch).
+    #[arg(long)]
+    epoch_requests: Option<u64>,
+    /// Migration bandwidth in MiB/s (0 = unlimited): each epoch's move
+    /// budget and each move's copy time; default: the config's
+    /// `daemon.migration_mibps`.
+    #[arg(long)]
+    migration_mibps: Option<f64>,
+    /// Also promote a chunk into tier 0 on each miss, as the daemon will
+    /// once demand promotion lands (it does not yet: without this flag
+    /// replay runs what the daemon runs).
+    #[arg(long)]
+    demand_promotion: bool,
     /// Start at this share of the trace (0.5: replay the second half only).
     #[arg(long, default_value_t = 0.0)]
     from: f64,
     #[arg(long)]
     max_requests: Option<usize>,
-    /// Tiering policy of tierblk's runs.
+    /// Tiering policy of tierblk's runs: the score thresholds for every
+    /// tier, tier 0 included.
     #[arg(long, default_value = "performance-optimized")]
     policy: TieringPolicy,
     /// Predictors for tierblk's runs, comma-separated: builtin names or model files.
@@ -102,23 +117,26 @@ struct ReplayArgs {
         value_delimiter = ','
     )]
     compare: Vec<String>,
-    /// Migration budget per epoch, as a share of the fast tier's capacity.
-    #[arg(long, default_value_t = 0.5)]
-    budget_fraction: f64,
-    /// Share of the fast tier kept as the protected recency segment.
-    #[arg(long, default_value_t = FastTierConfig::default().protected_share)]
-    protected_share: f64,
-    /// A missing chunk is promoted unless its score is below the victim's
-    /// by more than this (1 = always, like LRU).
-    #[arg(long, default_value_t = FastTierConfig::default().admit_slack)]
-    admit_slack: f32,
-    /// Lowest score a chunk needs to be prefetched at an epoch boundary
-    /// (above 1: no prefetch).
-    #[arg(long, default_value_t = FastTierConfig::default().prefetch_min)]
-    prefetch_min: f32,
-    /// Score gain a prefetch needs over the chunk it displaces.
-    #[arg(long, default_value_t = FastTierConfig::default().prefetch_margin)]
-    prefetch_margin: f32,
+    /// Overrides `placement.protected_share`: share of the fast tier kept
+    /// as the protected recency segment.
+    #[arg(long)]
+    protected_share: Option<f64>,
+    /// Overrides `placement.admit_slack` (with --demand-promotion): a
+    /// missing chunk is promoted unless its score is below the victim's by
+    /// more than this (1 = always, like LRU).
+    #[arg(long, requires = "demand_promotion")]
+    admit_slack: Option<f32>,
+    /// Overrides `placement.prefetch_min`: lowest score a chunk needs to
+    /// be prefetched at an epoch boundary (above 1: no prefetch).
+    #[arg(long)]
+    prefetch_min: Option<f32>,
+    /// Overrides `placement.prefetch_margin`: score gain a prefetch needs
+    /// over the chunk it displaces.
+    #[arg(long)]
+    prefetch_margin: Option<f32>,
+    /// Overrides `placement.plan_margin`: the plan's hysteresis.
+    #[arg(long)]
+    plan_margin: Option<f32>,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -222,25 +240,37 @@ fn run(cli: Cli) -> tierblk::Result<()> {
                 }
                 policies.push(p);
             }
-            let cfg = ReplayConfig {
-                chunk_size: a.chunk_size.0,
-                fast_fraction: (a.fast_fraction > 0.0).then_some(a.fast_fraction),
-                epoch_requests: a.epoch_requests,
-                from_fraction: a.from,
-                max_requests: a.max_requests,
-                tiering_policy: a.policy,
-                budget_fraction: a.budget_fraction,
-                fast_tier: FastTierConfig {
-                    protected_share: a.protected_share,
-                    admit_slack: a.admit_slack,
-                    prefetch_min: a.prefetch_min,
-                    prefetch_margin: a.prefetch_margin,
-                    ..FastTierConfig::default()
-                },
-                policies,
-                ..ReplayConfig::default()
-            };
-            let report = replay::replay_file(&a.trace, a.config.as_deref(), &cfg)?;
+            let config = replay::load_config(a.config.as_deref())?;
+            let mut cfg = ReplayConfig::from_config(&config);
+            cfg.chunk_size = a.chunk_size.0;
+            cfg.fast_fraction = (a.fast_fraction > 0.0).then_some(a.fast_fraction);
+            if let Some(s) = a.epoch_secs {
+                cfg.epoch = replay::Epoch::Secs(s);
+            }
+            if let Some(n) = a.epoch_requests {
+                cfg.epoch = replay::Epoch::Requests(n);
+            }
+            if let Some(m) = a.migration_mibps {
+                cfg.migration_mibps = m;
+            }
+            cfg.demand_promotion = a.demand_promotion;
+            cfg.from_fraction = a.from;
+            cfg.max_requests = a.max_requests;
+            cfg.tiering_policy = a.policy;
+            let p = &mut cfg.placement;
+            p.protected_share = a.protected_share.unwrap_or(p.protected_share);
+            p.admit_slack = a.admit_slack.unwrap_or(p.admit_slack);
+            p.prefetch_min = a.prefetch_min.unwrap_or(p.prefetch_min);
+            p.prefetch_margin = a.prefetch_margin.unwrap_or(p.prefetch_margin);
+            p.plan_margin = a.plan_margin.unwrap_or(p.plan_margin);
+            cfg.policies = policies;
+            if config.tiers.is_empty() {
+                return Err(replay::Error::Invalid(
+                    "the config has no [[tier]] to replay on".into(),
+                )
+                .into());
+            }
+            let report = replay::replay_file(&a.trace, &config.tiers, &cfg)?;
             if a.json {
                 print_stdout(&format!("{}\n", report.to_json()))
             } else {

@@ -252,6 +252,7 @@ pub fn open(cfg: &Config, opts: &ServeOptions) -> crate::Result<Opened> {
             prep,
             epoch,
             cfg.daemon.migration_mibps,
+            cfg.placement,
         )?);
         volumes.push(v);
     }
@@ -288,6 +289,7 @@ fn start_brain(
     prep: Prepared,
     epoch: Duration,
     migration_mibps: f64,
+    placement: crate::config::PlacementSettings,
 ) -> crate::Result<Brain> {
     let saved = match store.heatmap(v.name())? {
         Some(b) => match HeatMap::from_bytes(v.name(), &b) {
@@ -319,6 +321,7 @@ fn start_brain(
         prep.predictor,
         epoch,
         migration_mibps,
+        placement,
     ))
 }
 

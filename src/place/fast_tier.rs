@@ -13,10 +13,10 @@
 //!   (prefetches) predicted-hot chunks that are not resident into the room
 //!   made by the same rule.
 //!
-//! The replay harness drives it access by access (promotion on a miss); a
-//! daemon that only acts once per epoch calls [`FastTier::touch`] for the
-//! chunks accessed in the epoch, then [`FastTier::plan_epoch`]. Both keep
-//! the tier at or under its capacity at every step.
+//! It is a part of [`super::Placer`], which touches the chunks accessed on
+//! tier 0 once per epoch, plans with [`FastTier::plan_epoch`] and takes
+//! demand-promotion events with [`FastTier::on_miss`]. Both keep the tier
+//! at or under its capacity at every step.
 
 use super::{recency::RecencyList, Move, Plan};
 use crate::predict::HeatMap;
@@ -177,12 +177,14 @@ impl FastTier {
     }
 
     /// The epoch's prefetch plan for the fastest tier (index 0): the
-    /// hottest non-resident chunks of `heat` (score ≥ `prefetch_min`) are
-    /// promoted, each into free room or in place of the current victim when
-    /// it beats the victim's score by `prefetch_margin`, at most `budget`
-    /// moves in all (a swap is two). `current[c]` is chunk `c`'s tier
-    /// (index into `capacity`, fastest first, in chunks); a displaced chunk
-    /// goes to the fastest slower tier with room (none: no swap). Applies
+    /// hottest non-resident chunks of `heat` that the policy puts on tier 0
+    /// (`policy_tier(score) == 0`) and that score at least `prefetch_min`
+    /// are promoted, each into free room or in place of the current victim
+    /// when it beats the victim's score by `prefetch_margin`, at most
+    /// `budget` moves in all (a swap is two). `current[c]` is chunk `c`'s
+    /// tier (index into `capacity`, fastest first, in chunks); a displaced
+    /// chunk goes to its policy tier or the nearest slower one with room,
+    /// else the fastest slower tier with room (none: no swap). Applies
     /// the plan to this tier's state; applying the returned moves in order
     /// never puts more chunks on any tier than its capacity, provided the
     /// current placement fits.
@@ -192,6 +194,7 @@ impl FastTier {
         current: &[u8],
         capacity: &[u64],
         budget: usize,
+        policy_tier: impl Fn(f32) -> usize,
     ) -> Plan {
         let mut plan = Plan::default();
         let n_tiers = capacity.len();
@@ -199,20 +202,25 @@ impl FastTier {
             return plan;
         }
         let mut occupancy = vec![0u64; n_tiers];
-        for &t in current {
+        for &t in current.iter().filter(|&&t| t != super::UNPLACED) {
             occupancy[(t as usize).min(n_tiers - 1)] += 1;
         }
         let scores = heat.scores();
         let score = |c: u32| scores.get(c as usize).copied().unwrap_or(0.0);
         let n = scores.len().min(self.resident.len()).min(current.len());
         let mut want: Vec<u32> = (0..n as u32)
-            .filter(|&c| !self.contains(c) && score(c) >= self.cfg.prefetch_min)
+            .filter(|&c| {
+                !self.contains(c) && score(c) >= self.cfg.prefetch_min && policy_tier(score(c)) == 0
+            })
             .collect();
         want.sort_unstable_by(|a, b| score(*b).total_cmp(&score(*a)).then(a.cmp(b)));
         let mut left = budget;
         for c in want {
             if left == 0 {
                 break;
+            }
+            if current[c as usize] == super::UNPLACED {
+                continue;
             }
             let from = (current[c as usize] as usize).min(n_tiers - 1);
             if from == 0 {
@@ -241,7 +249,11 @@ impl FastTier {
                 // Candidates are sorted: no later one beats this victim.
                 break;
             }
-            let Some(dest) = (1..n_tiers).find(|&t| occupancy[t] < capacity[t]) else {
+            let own = policy_tier(score(v)).clamp(1, n_tiers - 1);
+            let Some(dest) = (own..n_tiers)
+                .chain(1..own)
+                .find(|&t| occupancy[t] < capacity[t])
+            else {
                 break;
             };
             self.remove(v);
@@ -368,7 +380,7 @@ mod tests {
             // Tier 1 has little room, tier 2 is unbounded.
             let caps = [cap as u64, 3, u64::MAX];
             let budget = rng.below(20);
-            let plan = ft.plan_epoch(&heat, &current, &caps, budget);
+            let plan = ft.plan_epoch(&heat, &current, &caps, budget, |_| 0);
             assert!(plan.moves.len() <= budget);
             for m in &plan.moves {
                 assert_eq!(current[m.chunk as usize], m.from, "{m:?}");

@@ -1,6 +1,6 @@
 //! The per-epoch migration plan.
 
-use super::tier_index_for_score;
+use super::tier_for_score;
 use crate::{config::TieringPolicy, predict::HeatMap};
 
 /// What the planner needs to know.
@@ -8,15 +8,22 @@ use crate::{config::TieringPolicy, predict::HeatMap};
 pub struct PlanInput<'a> {
     pub policy: TieringPolicy,
     pub heat: &'a HeatMap,
-    /// Current tier (index into the fastest-first tier list) of every chunk.
+    /// Current tier (index into the fastest-first tier list) of every
+    /// chunk, or [`super::UNPLACED`].
     pub current: &'a [u8],
     /// Capacity of each tier in chunks, fastest first.
     pub capacity: &'a [u64],
     /// Most chunk moves (promotions + demotions) this epoch.
     pub budget: usize,
-    /// Score a promotion must beat the chunk it displaces by (hysteresis
-    /// against ping-pong between epochs).
+    /// Hysteresis against ping-pong between epochs: a promotion must beat
+    /// the chunk it displaces by this much, and a chunk is demoted only
+    /// when its score is this far below what its current tier needs.
     pub margin: f32,
+    /// Tiers faster than this are managed elsewhere (tier 0 by
+    /// [`super::FastTier`]): their chunks are left alone and nothing moves
+    /// into them. The policy's tier for a score is still taken over the
+    /// whole tier list, so the plan agrees with the allocation hint.
+    pub managed_from: u8,
 }
 
 /// One chunk migration, tiers as fastest-first indexes.
@@ -60,28 +67,37 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
         capacity,
         budget,
         margin,
+        managed_from,
     } = input;
+    let first = managed_from as usize;
     let n_tiers = capacity.len();
     let mut plan = Plan::default();
-    if n_tiers == 0 || budget == 0 {
+    if n_tiers == 0 || budget == 0 || first >= n_tiers {
         return plan;
     }
     let score = |c: u32| heat.scores().get(c as usize).copied().unwrap_or(0.0);
+    let want_of = |s: f32| tier_for_score(policy, s, n_tiers).max(first);
     let mut occupancy = vec![0u64; n_tiers];
     // Residents of each tier except the slowest, coldest first (victims).
     let mut residents: Vec<Vec<u32>> = vec![Vec::new(); n_tiers];
     let mut promote = Vec::new();
     let mut demote = Vec::new();
     for (c, &t) in current.iter().enumerate() {
+        if t == super::UNPLACED {
+            continue;
+        }
         let t = (t as usize).min(n_tiers - 1);
         occupancy[t] += 1;
-        let want = tier_index_for_score(policy, score(c as u32), n_tiers);
+        if t < first {
+            continue;
+        }
+        let s = score(c as u32);
         if t + 1 < n_tiers {
             residents[t].push(c as u32);
         }
-        if want < t {
+        if want_of(s) < t {
             promote.push(c as u32);
-        } else if want > t {
+        } else if want_of(s + margin) > t {
             demote.push(c as u32);
         }
     }
@@ -104,7 +120,7 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
             break;
         }
         let from = current[c as usize] as usize;
-        let want = tier_index_for_score(policy, score(c), n_tiers);
+        let want = want_of(score(c));
         // Free room in the wanted tier or, failing that, in a tier between.
         if let Some(t) = (want..from).find(|&t| occupancy[t] < capacity[t]) {
             occupancy[t] += 1;
@@ -164,7 +180,7 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
             continue;
         }
         let from = current[c as usize] as usize;
-        let want = tier_index_for_score(policy, score(c), n_tiers);
+        let want = want_of(score(c) + margin);
         if let Some(t) = (from + 1..=want)
             .rev()
             .find(|&t| occupancy[t] < capacity[t])
@@ -209,6 +225,7 @@ mod tests {
             capacity: &capacity,
             budget: 100,
             margin: 0.05,
+            managed_from: 0,
         });
         apply(&mut current, &capacity, &p);
         assert_eq!(current, vec![1, 0, 1, 1, 0]);
@@ -227,6 +244,7 @@ mod tests {
             capacity: &capacity,
             budget: 2,
             margin: 0.05,
+            managed_from: 0,
         };
         let p = plan(input);
         assert_eq!(p.moves.len(), 2, "{p:?}");
@@ -253,6 +271,7 @@ mod tests {
             capacity: &capacity,
             budget: 10,
             margin: 0.0,
+            managed_from: 0,
         });
         apply(&mut current, &capacity, &p);
         assert_eq!(current, vec![2, 1, 0]);
@@ -289,9 +308,32 @@ mod tests {
                     capacity: &caps,
                     budget: rng.below(30),
                     margin: 0.02,
+                    managed_from: rng.below(2) as u8,
                 });
                 apply(&mut cur, &caps, &p);
             }
         }
+    }
+
+    #[test]
+    fn managed_from_leaves_faster_tiers_alone_and_keeps_the_whole_list_thresholds() {
+        // Three tiers; tier 0 is managed elsewhere. Warm chunks (0.3..0.8)
+        // belong on tier 1 of three: a two-tier sub-problem over tiers 1..
+        // would have sent them to the slowest.
+        let heat = HeatMap::from_scores(vec![0.35, 0.5, 0.9, 0.0, 0.05]);
+        let capacity = [1, 10, u64::MAX];
+        let current = vec![1u8, 2, 2, 0, 1];
+        let p = plan(PlanInput {
+            policy: TieringPolicy::Default,
+            heat: &heat,
+            current: &current,
+            capacity: &capacity,
+            budget: 100,
+            margin: 0.1,
+            managed_from: 1,
+        });
+        let mut now = current.clone();
+        apply(&mut now, &capacity, &p);
+        assert_eq!(now, vec![1, 1, 1, 0, 2], "{p:?}");
     }
 }

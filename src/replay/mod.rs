@@ -1,7 +1,10 @@
 //! Trace replay: runs a block trace through the same profiler, predictor
-//! and placement code as the daemon, against a simulated clock and a
-//! per-tier latency model taken from the tiers' `performance_metrics`, and
-//! compares with reference policies in the same harness.
+//! and placement engine ([`crate::place::Placer`]) as the daemon, at the
+//! daemon's cadence (an epoch every `epoch_secs` of trace time, moves
+//! copied at `migration_mibps` and served from the old tier until done),
+//! against a per-tier latency model taken from the tiers'
+//! `performance_metrics`, and compares with reference policies in the same
+//! harness.
 //!
 //! Definitions shared by every policy (and by `benches/libcachesim_baseline.py`):
 //! - one *access* is one chunk touched by one request (a request spanning
@@ -24,8 +27,7 @@ pub use policies::PolicyKind;
 pub use report::{Report, RunReport};
 
 use crate::{
-    config::{Config, TierDefinition, TieringPolicy},
-    place::FastTierConfig,
+    config::{Config, PlacementSettings, TierDefinition, TieringPolicy},
     trace::{self, ChunkSpace, Request},
 };
 
@@ -48,6 +50,17 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// when no configuration is given.
 pub const DEFAULT_CONFIG: &str = include_str!("../../config/default.toml");
 
+/// When an epoch ends.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Epoch {
+    /// Every this many seconds of trace time, as the daemon's clock
+    /// (`daemon.epoch_secs`).
+    Secs(f64),
+    /// Every this many requests (an explicit option for comparisons that
+    /// need a fixed number of requests per epoch).
+    Requests(u64),
+}
+
 /// What to replay and how.
 #[derive(Debug, Clone)]
 pub struct ReplayConfig {
@@ -55,21 +68,36 @@ pub struct ReplayConfig {
     /// Fast-tier capacity as a share of the footprint (overrides the
     /// configured capacity of tier 0).
     pub fast_fraction: Option<f64>,
-    /// Requests per profiling epoch.
-    pub epoch_requests: u64,
+    pub epoch: Epoch,
     /// Replay starts at this share of the trace (e.g. 0.5: the second half,
     /// held out from training on the first half).
     pub from_fraction: f64,
     /// Replay at most this many requests.
     pub max_requests: Option<usize>,
     pub tiering_policy: TieringPolicy,
-    /// Migration budget per epoch, as a share of the fast tier's capacity.
-    pub budget_fraction: f64,
-    /// Score a promotion must beat the displaced chunk by.
-    pub margin: f32,
-    /// How tierblk's runs manage the fastest tier.
-    pub fast_tier: FastTierConfig,
+    /// Migration bandwidth (`daemon.migration_mibps`, 0 = unlimited): the
+    /// epoch's move budget and each move's copy time.
+    pub migration_mibps: f64,
+    /// The placement engine's tunables (`[placement]`).
+    pub placement: PlacementSettings,
+    /// Also promote on each miss (demand promotion). The daemon does not
+    /// do this yet: with it, replay measures a policy the daemon does not
+    /// run.
+    pub demand_promotion: bool,
     pub policies: Vec<PolicyKind>,
+}
+
+impl ReplayConfig {
+    /// The replay of what a daemon with `cfg` does: its epoch length,
+    /// migration rate and placement tunables.
+    pub fn from_config(cfg: &Config) -> Self {
+        Self {
+            epoch: Epoch::Secs(cfg.daemon.epoch_secs),
+            migration_mibps: cfg.daemon.migration_mibps,
+            placement: cfg.placement,
+            ..Self::default()
+        }
+    }
 }
 
 impl Default for ReplayConfig {
@@ -77,13 +105,13 @@ impl Default for ReplayConfig {
         Self {
             chunk_size: 1 << 20,
             fast_fraction: Some(0.1),
-            epoch_requests: 1000,
+            epoch: Epoch::Secs(10.0),
             from_fraction: 0.0,
             max_requests: None,
             tiering_policy: TieringPolicy::PerformanceOptimized,
-            budget_fraction: 0.5,
-            margin: 0.05,
-            fast_tier: FastTierConfig::default(),
+            migration_mibps: 64.0,
+            placement: PlacementSettings::default(),
+            demand_promotion: false,
             policies: vec![
                 PolicyKind::Predictive("learned".into()),
                 PolicyKind::Predictive("ewma".into()),
@@ -127,11 +155,26 @@ pub fn replay(
     if tiers.is_empty() {
         return Err(Error::Invalid("no tiers to replay on".into()));
     }
-    if cfg.epoch_requests == 0 {
-        return Err(Error::Invalid(
-            "epoch length must be at least one request".into(),
-        ));
+    match cfg.epoch {
+        Epoch::Requests(0) => {
+            return Err(Error::Invalid(
+                "epoch length must be at least one request".into(),
+            ))
+        }
+        Epoch::Secs(s) if !(s.is_finite() && s > 0.0) => {
+            return Err(Error::Invalid(format!(
+                "epoch length {s} s: must be a positive number of seconds"
+            )))
+        }
+        _ => {}
     }
+    if !(cfg.migration_mibps.is_finite() && cfg.migration_mibps >= 0.0) {
+        return Err(Error::Invalid(format!(
+            "migration rate {} MiB/s: must be a non-negative number (0 = unlimited)",
+            cfg.migration_mibps
+        )));
+    }
+    cfg.placement.validate()?;
     if !cfg.chunk_size.is_power_of_two() || cfg.chunk_size < 512 {
         return Err(Error::Invalid(format!(
             "chunk size {}: must be a power of two ≥ 512",
@@ -169,8 +212,10 @@ pub fn replay(
         )));
     }
     let latency = LatencyModel::new(&tiers);
+    let times: Vec<f64> = requests.iter().map(|r| r.ts_s).collect();
     let ctx = policies::Context {
         accesses: &accesses,
+        times: &times,
         footprint,
         capacity: &capacity,
         tiers: &tiers,
@@ -188,19 +233,34 @@ pub fn replay(
         chunk_size: cfg.chunk_size,
         footprint_chunks: footprint as u64,
         fast_capacity_chunks: capacity[0],
-        epoch_requests: cfg.epoch_requests,
+        epoch_requests: match cfg.epoch {
+            Epoch::Requests(n) => Some(n),
+            Epoch::Secs(_) => None,
+        },
+        epoch_secs: match cfg.epoch {
+            Epoch::Secs(s) => Some(s),
+            Epoch::Requests(_) => None,
+        },
+        migration_mibps: cfg.migration_mibps,
+        demand_promotion: cfg.demand_promotion,
         tiering_policy: cfg.tiering_policy.to_string(),
         runs,
+    })
+}
+
+/// Loads the configuration whose tiers, daemon settings and placement
+/// tunables replay uses: a config file, or the shipped example.
+pub fn load_config(config: Option<&Path>) -> Result<Config> {
+    Ok(match config {
+        Some(p) => Config::load(p)?,
+        None => Config::parse(DEFAULT_CONFIG)?,
     })
 }
 
 /// Loads the tiers to replay on: from a config file, or the shipped
 /// example configuration.
 pub fn load_tiers(config: Option<&Path>) -> Result<Vec<TierDefinition>> {
-    let cfg = match config {
-        Some(p) => Config::load(p)?,
-        None => Config::parse(DEFAULT_CONFIG)?,
-    };
+    let cfg = load_config(config)?;
     if cfg.tiers.is_empty() {
         return Err(Error::Invalid(format!(
             "{}: no [[tier]] to replay on",
@@ -212,20 +272,197 @@ pub fn load_tiers(config: Option<&Path>) -> Result<Vec<TierDefinition>> {
     Ok(cfg.tiers)
 }
 
-/// Replays a trace file.
-pub fn replay_file(path: &Path, config: Option<&Path>, cfg: &ReplayConfig) -> Result<Report> {
-    let tiers = load_tiers(config)?;
+/// Replays a trace file on `tiers`.
+pub fn replay_file(path: &Path, tiers: &[TierDefinition], cfg: &ReplayConfig) -> Result<Report> {
     let reqs = replay_slice(path, cfg.from_fraction, cfg.max_requests)?;
     let name = path
         .file_name()
         .map(PathBuf::from)
         .unwrap_or_else(|| path.to_path_buf());
-    replay(&name.display().to_string(), &reqs, &tiers, cfg)
+    replay(&name.display().to_string(), &reqs, tiers, cfg)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::{sync::Arc, time::Duration};
+
     use super::*;
+    use crate::{
+        config::PlacementSettings, epoch::Brain, meta::Store, place::Move,
+        predict::learned::train::Rng, tier::TierSet, trace::Op, volume::Volume,
+    };
+
+    const SMALL_TIERS: &str = r#"
+[[tier]]
+tier_id = 0
+name = "t0"
+capacity = "256KiB"
+cost_per_gb = 0.3
+path = "t0"
+performance_metrics = { read_latency_us = 1, write_latency_us = 1, bandwidth_mibps = 1 }
+[[tier]]
+tier_id = 1
+name = "t1"
+capacity = "1MiB"
+cost_per_gb = 0.1
+path = "t1"
+performance_metrics = { read_latency_us = 2, write_latency_us = 2, bandwidth_mibps = 1 }
+[[tier]]
+tier_id = 2
+name = "t2"
+capacity = "4MiB"
+cost_per_gb = 0.01
+path = "t2"
+performance_metrics = { read_latency_us = 3, write_latency_us = 3, bandwidth_mibps = 1 }
+[[volume]]
+name = "v"
+size = "2MiB"
+chunk_size = "64KiB"
+socket = "/tmp/unused"
+tiering_policy = "default"
+"#;
+
+    /// The plans tierblk's pipeline made at each epoch of a replay.
+    fn replay_plans(
+        requests: &[Request],
+        tiers: &[TierDefinition],
+        cfg: &ReplayConfig,
+    ) -> Vec<Vec<Move>> {
+        let mut tiers: Vec<&TierDefinition> = tiers.iter().collect();
+        tiers.sort_by_key(|t| t.tier_id);
+        let space = ChunkSpace::build(requests, cfg.chunk_size);
+        let accesses = space.accesses(requests);
+        let mut capacity: Vec<u64> = tiers
+            .iter()
+            .map(|t| t.capacity.0 / cfg.chunk_size)
+            .collect();
+        *capacity.last_mut().unwrap() = u64::MAX;
+        let latency = LatencyModel::new(&tiers);
+        let times: Vec<f64> = requests.iter().map(|r| r.ts_s).collect();
+        let ctx = policies::Context {
+            accesses: &accesses,
+            times: &times,
+            footprint: space.len(),
+            capacity: &capacity,
+            tiers: &tiers,
+            latency: &latency,
+            cfg,
+        };
+        let (_, p) =
+            policies::run_predictive(&ctx, "x".into(), crate::predict::load("ewma").unwrap())
+                .unwrap();
+        p.plans
+    }
+
+    #[test]
+    fn daemon_brain_and_replay_make_the_same_placement_decisions() {
+        const CHUNK: u64 = 64 << 10;
+        const EPOCHS: usize = 12;
+        let dir = tempfile::tempdir().unwrap();
+        let text = SMALL_TIERS.replace(
+            "path = \"t",
+            &format!("path = \"{}/t", dir.path().display()),
+        );
+        let cfg = Config::parse(&text).unwrap();
+        for t in &cfg.tiers {
+            std::fs::create_dir_all(&t.path).unwrap();
+        }
+        // One access sequence: epoch 0 touches every chunk once, later
+        // epochs a hot set that moves, over a cold background.
+        let mut rng = Rng::new(7);
+        let mut epochs: Vec<Vec<u32>> = vec![(0..32).collect()];
+        for e in 1..EPOCHS {
+            let hot = (e as u32 / 4) * 5;
+            let mut ev = Vec::new();
+            for _ in 0..60 {
+                let c = if rng.below(4) == 0 {
+                    rng.below(32) as u32
+                } else {
+                    hot + rng.below(5) as u32
+                };
+                ev.push(c);
+            }
+            epochs.push(ev);
+        }
+        // The daemon: a real volume, its chunks written cold first.
+        let store = Arc::new(Store::open(&dir.path().join("state")).unwrap());
+        let tiers = Arc::new(TierSet::open(&cfg.tiers, &store).unwrap());
+        let v = Arc::new(Volume::open(cfg.volumes[0].clone(), tiers, store).unwrap());
+        for c in 0..32u32 {
+            v.set_score(c, 0.0);
+            v.write_at(c as u64 * CHUNK, &[1u8; 4096]).unwrap();
+        }
+        let mut brain = Brain::new(
+            v.clone(),
+            crate::predict::load("ewma").unwrap(),
+            Duration::from_secs(1),
+            0.0,
+            PlacementSettings::default(),
+        );
+        let mut daemon_plans = Vec::new();
+        for ev in &epochs {
+            for &c in ev {
+                v.record_access(false, c as u64 * CHUNK, 4096, false);
+            }
+            let r = brain.run_epoch();
+            assert_eq!(
+                (r.skipped, r.failed),
+                (0, 0),
+                "{:?} {:?}",
+                brain.last_plan(),
+                (0..32)
+                    .map(|c| v.block_metadata(c).tier)
+                    .collect::<Vec<_>>()
+            );
+            daemon_plans.push(brain.last_plan().to_vec());
+        }
+        // The replay: the same accesses as a trace, one epoch per second.
+        let mut reqs = Vec::new();
+        for (e, ev) in epochs.iter().enumerate() {
+            for (i, &c) in ev.iter().enumerate() {
+                reqs.push(Request {
+                    ts_s: e as f64 + i as f64 / (ev.len() + 1) as f64,
+                    dev: 0,
+                    op: Op::Read,
+                    offset: c as u64 * CHUNK,
+                    len: 4096,
+                });
+            }
+        }
+        // A last request closes the last epoch.
+        reqs.push(Request {
+            ts_s: EPOCHS as f64,
+            dev: 0,
+            op: Op::Read,
+            offset: 0,
+            len: 4096,
+        });
+        let rcfg = ReplayConfig {
+            chunk_size: CHUNK,
+            fast_fraction: None,
+            tiering_policy: TieringPolicy::Default,
+            migration_mibps: 0.0,
+            policies: vec![],
+            ..ReplayConfig::from_config(&Config {
+                daemon: crate::config::DaemonSettings {
+                    epoch_secs: 1.0,
+                    ..Default::default()
+                },
+                ..cfg.clone()
+            })
+        };
+        assert_eq!(rcfg.epoch, Epoch::Secs(1.0));
+        let replay_plans = replay_plans(&reqs, &cfg.tiers, &rcfg);
+        assert_eq!(replay_plans.len(), EPOCHS);
+        let moved: usize = daemon_plans.iter().map(Vec::len).sum();
+        assert!(
+            moved > 10,
+            "the sequence exercises placement: {daemon_plans:?}"
+        );
+        for (e, (d, r)) in daemon_plans.iter().zip(&replay_plans).enumerate() {
+            assert_eq!(d, r, "epoch {e}: daemon and replay planned differently");
+        }
+    }
 
     /// The simplest LRU there is: a recency list searched linearly.
     fn reference_lru_hits(accesses: &[trace::Access], capacity: usize) -> u64 {
@@ -255,7 +492,7 @@ mod tests {
         let tiers = load_tiers(None).unwrap();
         let cfg = ReplayConfig {
             chunk_size: 64 << 10,
-            epoch_requests: 250,
+            epoch: Epoch::Requests(250),
             policies: vec![
                 PolicyKind::Predictive("ewma".into()),
                 PolicyKind::NoTiering,
@@ -295,10 +532,20 @@ mod tests {
         let tiers = load_tiers(None).unwrap();
         let bad = |cfg: ReplayConfig| replay("x", &reqs, &tiers, &cfg).unwrap_err().to_string();
         assert!(bad(ReplayConfig {
-            epoch_requests: 0,
+            epoch: Epoch::Requests(0),
             ..Default::default()
         })
         .contains("epoch"));
+        assert!(bad(ReplayConfig {
+            epoch: Epoch::Secs(0.0),
+            ..Default::default()
+        })
+        .contains("epoch"));
+        assert!(bad(ReplayConfig {
+            migration_mibps: -1.0,
+            ..Default::default()
+        })
+        .contains("migration"));
         assert!(bad(ReplayConfig {
             chunk_size: 1000,
             ..Default::default()

@@ -1,16 +1,20 @@
 //! The policies replay compares, all driven through one simulator so that
 //! accesses, hits, migrations, latency and cost are counted the same way.
 
-use std::{collections::BTreeSet, str::FromStr, time::Instant};
+use std::{
+    collections::{BTreeSet, VecDeque},
+    str::FromStr,
+    time::Instant,
+};
 
 use super::{
     latency::{mean_p99, LatencyModel},
-    Error, ReplayConfig, Result, RunReport,
+    Epoch, Error, ReplayConfig, Result, RunReport,
 };
 use crate::{
     config::TierDefinition,
     cost,
-    place::{recency::RecencyList, FastTier, MissAction},
+    place::{recency::RecencyList, Move, Placer, PlacerParams},
     predict::{self, HeatMap, Predictor},
     profile::{ChunkCounters, History},
     trace::Access,
@@ -19,7 +23,8 @@ use crate::{
 /// A placement policy replay can run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PolicyKind {
-    /// tierblk: profiler → predictor (named as in `prediction_model`) → placement.
+    /// tierblk: profiler → predictor (named as in `prediction_model`) →
+    /// the daemon's [`Placer`] → moves that take a copy time.
     Predictive(String),
     /// Everything on the slowest tier.
     NoTiering,
@@ -66,6 +71,8 @@ impl PolicyKind {
 
 pub(super) struct Context<'a> {
     pub accesses: &'a [Access],
+    /// Trace time (seconds) of each request.
+    pub times: &'a [f64],
     pub footprint: usize,
     /// Chunks per tier, fastest first (the slowest is unbounded).
     pub capacity: &'a [u64],
@@ -91,6 +98,14 @@ struct Sim<'a> {
     cost_samples: u64,
     /// Set when a move would overfill a tier: a harness bug, reported as an error.
     overfull: Option<String>,
+    /// Trace time, seconds.
+    now: f64,
+    /// Moves being copied, in completion order: (done at, move).
+    in_flight: VecDeque<(f64, Move)>,
+    moving: Vec<bool>,
+    /// The copy engine is busy until then (moves are copied one at a time).
+    busy_until: f64,
+    skipped: u64,
 }
 
 impl<'a> Sim<'a> {
@@ -116,6 +131,11 @@ impl<'a> Sim<'a> {
             cost_sum: 0.0,
             cost_samples: 0,
             overfull: None,
+            now: 0.0,
+            in_flight: VecDeque::new(),
+            moving: vec![false; ctx.footprint],
+            busy_until: 0.0,
+            skipped: 0,
         }
     }
 
@@ -127,16 +147,81 @@ impl<'a> Sim<'a> {
         self.occupancy[tier] < self.ctx.capacity[tier]
     }
 
+    /// Moves `chunk` to `to` at once.
     fn move_chunk(&mut self, chunk: u32, to: usize) {
         let from = self.tier_of[chunk as usize] as usize;
         if from == to {
             return;
         }
-        self.occupancy[from] -= 1;
+        self.reserve(chunk, to);
+        self.switch(chunk, from, to);
+    }
+
+    /// Takes room for `chunk` on `to` (the extent a copy goes to).
+    fn reserve(&mut self, chunk: u32, to: usize) {
         self.occupancy[to] += 1;
         if self.occupancy[to] > self.ctx.capacity[to] && self.overfull.is_none() {
             self.overfull = Some(format!("tier {to} over capacity moving chunk {chunk}"));
         }
+    }
+
+    /// Starts a move the way the daemon's migration does: skipped when the
+    /// chunk is already being moved, is not where the plan thinks, or the
+    /// target has no room; else copied for `copy_secs` after the moves
+    /// before it (one at a time), holding room on both tiers meanwhile and
+    /// served from the old tier until the switch. Returns whether it started.
+    fn start_move(&mut self, m: &Move, copy_secs: f64) -> bool {
+        let (c, from, to) = (m.chunk as usize, m.from as usize, m.to as usize);
+        if c >= self.tier_of.len()
+            || self.moving[c]
+            || self.tier_of[c] as usize != from
+            || from == to
+            || !self.has_room(to)
+        {
+            self.skipped += 1;
+            return false;
+        }
+        if copy_secs <= 0.0 {
+            self.move_chunk(m.chunk, to);
+            return true;
+        }
+        self.reserve(m.chunk, to);
+        self.moving[c] = true;
+        self.busy_until = self.busy_until.max(self.now) + copy_secs;
+        self.in_flight.push_back((self.busy_until, *m));
+        true
+    }
+
+    /// Advances trace time to `t`, switching the moves whose copy is done.
+    fn advance(&mut self, t: f64) {
+        self.now = self.now.max(t);
+        while let Some(&(done, m)) = self.in_flight.front() {
+            if done > self.now {
+                break;
+            }
+            self.in_flight.pop_front();
+            self.moving[m.chunk as usize] = false;
+            self.switch(m.chunk, m.from as usize, m.to as usize);
+        }
+    }
+
+    /// What the placer is told: each chunk's tier (a chunk being moved
+    /// where it goes) and each tier's room (a chunk being moved holds room
+    /// on its old tier too).
+    fn planner_view(&self) -> (Vec<u8>, Vec<u64>) {
+        let mut current = self.tier_of.clone();
+        let mut capacity = self.ctx.capacity.to_vec();
+        for (_, m) in &self.in_flight {
+            current[m.chunk as usize] = m.to;
+            let cap = &mut capacity[m.from as usize];
+            *cap = cap.saturating_sub(1);
+        }
+        (current, capacity)
+    }
+
+    /// The switch of a move whose room on `to` is already taken.
+    fn switch(&mut self, chunk: u32, from: usize, to: usize) {
+        self.occupancy[from] -= 1;
         let cs = self.ctx.cfg.chunk_size;
         if to == 0 {
             self.promoted_fast += cs;
@@ -204,6 +289,7 @@ impl<'a> Sim<'a> {
             cost_per_month: self.cost_sum / self.cost_samples as f64,
             max_fast_chunks: self.max_fast,
             predict_secs,
+            moves_skipped: self.skipped,
         })
     }
 }
@@ -212,21 +298,45 @@ impl<'a> Sim<'a> {
 trait Policy {
     /// Serves access number `i` (calling `sim.serve`) and reacts to it.
     fn access(&mut self, sim: &mut Sim<'_>, i: usize, a: &Access);
-    /// Called between epochs, after the last access of the epoch.
-    fn epoch(&mut self, _sim: &mut Sim<'_>) {}
+    /// Called between epochs, after the last access of the epoch, which
+    /// lasted `secs` of trace time.
+    fn epoch(&mut self, _sim: &mut Sim<'_>, _secs: f64) {}
 }
 
+/// Feeds the accesses to `policy` and ends epochs at the configured
+/// cadence: every `epoch_secs` of trace time (idle epochs included, as
+/// the daemon's clock runs them), or every `n` requests.
 fn drive(ctx: &Context<'_>, sim: &mut Sim<'_>, policy: &mut dyn Policy) {
-    let epoch = ctx.cfg.epoch_requests;
     let mut in_epoch = 0u64;
+    let mut request = 0usize;
+    let mut start = ctx.times.first().copied().unwrap_or(0.0);
+    let mut last = start;
     for (i, a) in ctx.accesses.iter().enumerate() {
         if a.first {
-            if in_epoch == epoch {
-                policy.epoch(sim);
-                sim.sample_cost();
-                in_epoch = 0;
+            let t = ctx.times.get(request).copied().unwrap_or(last).max(last);
+            last = t;
+            request += 1;
+            match ctx.cfg.epoch {
+                Epoch::Requests(n) => {
+                    if in_epoch == n {
+                        sim.advance(t);
+                        policy.epoch(sim, t - start);
+                        sim.sample_cost();
+                        start = t;
+                        in_epoch = 0;
+                    }
+                }
+                Epoch::Secs(s) => {
+                    while t >= start + s {
+                        start += s;
+                        sim.advance(start);
+                        policy.epoch(sim, s);
+                        sim.sample_cost();
+                    }
+                }
             }
             in_epoch += 1;
+            sim.advance(t);
         }
         policy.access(sim, i, a);
     }
@@ -317,26 +427,52 @@ impl Policy for Oracle {
     }
 }
 
-/// tierblk's own pipeline: counters → history → predictor → heat map →
-/// the fastest tier managed by [`place::FastTier`] (recency-protected LRU
-/// whose victims are chosen by predicted score), with promotion on a miss
-/// between epochs and the epoch's prefetch plan.
-struct Predictive {
+/// tierblk's own pipeline, as the daemon runs it: counters → history →
+/// predictor → heat map → the volume's [`Placer`] once per epoch, its
+/// moves copied at the migration rate; with demand promotion, each miss is
+/// also posted to the placer.
+pub(super) struct Predictive {
     predictor: Box<dyn Predictor>,
     counters: ChunkCounters,
     history: History,
     heat: HeatMap,
-    fast: FastTier,
-    budget: usize,
+    placer: Placer,
+    demand_promotion: bool,
     predict_secs: f64,
+    /// Every epoch's plan, in order (for tests comparing with the daemon).
+    pub plans: Vec<Vec<Move>>,
 }
 
 impl Predictive {
-    /// Slower tier a chunk leaving tier 0 goes to: the fastest with room.
-    fn demote_target(sim: &Sim<'_>) -> usize {
-        (1..sim.ctx.capacity.len())
-            .find(|&t| sim.has_room(t))
-            .unwrap_or(sim.slowest())
+    pub(super) fn new(ctx: &Context<'_>, predictor: Box<dyn Predictor>) -> Self {
+        let cfg = ctx.cfg;
+        Self {
+            predictor,
+            counters: ChunkCounters::new(ctx.footprint),
+            history: History::new(ctx.footprint),
+            heat: HeatMap::from_scores(vec![0.0; ctx.footprint]),
+            placer: Placer::new(PlacerParams {
+                policy: cfg.tiering_policy,
+                settings: cfg.placement,
+                n_chunks: ctx.footprint,
+                n_tiers: ctx.capacity.len(),
+                fast_capacity: ctx.capacity[0] as usize,
+                chunk_size: cfg.chunk_size,
+                migration_mibps: cfg.migration_mibps,
+            }),
+            demand_promotion: cfg.demand_promotion,
+            predict_secs: 0.0,
+            plans: Vec::new(),
+        }
+    }
+
+    fn start(&mut self, sim: &mut Sim<'_>, moves: &[Move]) {
+        let copy = self.placer.copy_secs();
+        for m in moves {
+            if !sim.start_move(m, copy) {
+                self.placer.skipped(m);
+            }
+        }
     }
 }
 
@@ -344,39 +480,49 @@ impl Policy for Predictive {
     fn access(&mut self, sim: &mut Sim<'_>, _i: usize, a: &Access) {
         a.record(&self.counters);
         sim.serve(a);
-        let c = a.chunk;
-        if sim.tier_of[c as usize] == 0 {
-            self.fast.touch(c);
+        let c = a.chunk as usize;
+        if !self.demand_promotion || sim.tier_of[c] == 0 || sim.moving[c] {
             return;
         }
-        let heat = &self.heat;
-        match self.fast.on_miss(c, |x| heat.score(x as usize)) {
-            MissAction::Skip => {}
-            MissAction::Promote { evict } => {
-                if let Some(v) = evict {
-                    let to = Self::demote_target(sim);
-                    sim.move_chunk(v, to);
-                }
-                sim.move_chunk(c, 0);
-            }
-        }
+        let from = sim.tier_of[c] as usize;
+        let plan = self
+            .placer
+            .on_miss(a.chunk, from, self.heat.score(c), &self.heat, |t| {
+                sim.has_room(t)
+            });
+        self.start(sim, &plan.moves);
     }
 
-    fn epoch(&mut self, sim: &mut Sim<'_>) {
+    fn epoch(&mut self, sim: &mut Sim<'_>, secs: f64) {
         self.history.fold(&self.counters);
         let t = Instant::now();
         self.predictor.predict(&self.history, &mut self.heat);
         self.predict_secs += t.elapsed().as_secs_f64();
+        let (current, capacity) = sim.planner_view();
         let plan = self
-            .fast
-            .plan_epoch(&self.heat, &sim.tier_of, sim.ctx.capacity, self.budget);
+            .placer
+            .plan_epoch(&self.history, &self.heat, &current, &capacity, secs);
         for m in &plan.moves {
-            if m.to < m.from && self.history.count(m.chunk as usize, 0) == 0 {
+            if m.to == 0 && self.history.count(m.chunk as usize, 0) == 0 {
                 sim.prefetches += 1;
             }
-            sim.move_chunk(m.chunk, m.to as usize);
         }
+        self.start(sim, &plan.moves);
+        self.plans.push(plan.moves);
     }
+}
+
+/// Runs tierblk's pipeline with `predictor` and returns it with its report.
+pub(super) fn run_predictive(
+    ctx: &Context<'_>,
+    name: String,
+    predictor: Box<dyn Predictor>,
+) -> Result<(RunReport, Predictive)> {
+    let mut p = Predictive::new(ctx, predictor);
+    let mut sim = Sim::new(ctx, ctx.capacity.len() - 1);
+    drive(ctx, &mut sim, &mut p);
+    let secs = p.predict_secs;
+    Ok((sim.finish(name, secs)?, p))
 }
 
 pub(super) fn run(ctx: &Context<'_>, kind: &PolicyKind) -> Result<RunReport> {
@@ -403,23 +549,6 @@ pub(super) fn run(ctx: &Context<'_>, kind: &PolicyKind) -> Result<RunReport> {
             drive(ctx, &mut sim, &mut Oracle::new(ctx.accesses, ctx.footprint));
             sim.finish(name, 0.0)
         }
-        PolicyKind::Predictive(model) => {
-            let predictor = predict::load(model)?;
-            let budget =
-                ((ctx.capacity[0] as f64 * ctx.cfg.budget_fraction).ceil() as usize).max(2);
-            let mut p = Predictive {
-                predictor,
-                counters: ChunkCounters::new(ctx.footprint),
-                history: History::new(ctx.footprint),
-                heat: HeatMap::from_scores(vec![0.0; ctx.footprint]),
-                fast: FastTier::new(ctx.footprint, ctx.capacity[0] as usize, ctx.cfg.fast_tier),
-                budget,
-                predict_secs: 0.0,
-            };
-            let mut sim = Sim::new(ctx, slowest);
-            drive(ctx, &mut sim, &mut p);
-            let secs = p.predict_secs;
-            sim.finish(name, secs)
-        }
+        PolicyKind::Predictive(model) => Ok(run_predictive(ctx, name, predict::load(model)?)?.0),
     }
 }

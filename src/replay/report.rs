@@ -27,6 +27,9 @@ pub struct RunReport {
     pub max_fast_chunks: u64,
     /// Wall-clock seconds the predictor spent scoring.
     pub predict_secs: f64,
+    /// Planned moves that did not happen (the chunk was being moved, or
+    /// the target had no room), as the daemon's migration skips them.
+    pub moves_skipped: u64,
 }
 
 /// Results of a replay.
@@ -38,7 +41,14 @@ pub struct Report {
     pub chunk_size: u64,
     pub footprint_chunks: u64,
     pub fast_capacity_chunks: u64,
-    pub epoch_requests: u64,
+    /// Requests per epoch, when epochs count requests.
+    pub epoch_requests: Option<u64>,
+    /// Seconds of trace time per epoch, when epochs follow the clock.
+    pub epoch_secs: Option<f64>,
+    /// Migration rate (0 = unlimited): move budget and copy time.
+    pub migration_mibps: f64,
+    /// Whether tierblk's runs also promoted on each miss.
+    pub demand_promotion: bool,
     pub tiering_policy: String,
     pub runs: Vec<RunReport>,
 }
@@ -52,15 +62,29 @@ impl Report {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "trace {}: {} requests, {} chunk accesses, chunk {} B, footprint {} chunks, fast tier {} chunks, epoch {} requests, policy {}",
+            "trace {}: {} requests, {} chunk accesses, chunk {} B, footprint {} chunks, fast tier {} chunks, epoch {}, migration {}, policy {}{}",
             self.trace,
             self.requests,
             self.accesses,
             self.chunk_size,
             self.footprint_chunks,
             self.fast_capacity_chunks,
-            self.epoch_requests,
-            self.tiering_policy
+            match (self.epoch_requests, self.epoch_secs) {
+                (Some(n), _) => format!("{n} requests"),
+                (None, Some(s)) => format!("{s} s of trace time"),
+                (None, None) => "?".into(),
+            },
+            if self.migration_mibps > 0.0 {
+                format!("{} MiB/s", self.migration_mibps)
+            } else {
+                "unlimited".into()
+            },
+            self.tiering_policy,
+            if self.demand_promotion {
+                ", with demand promotion (not in the daemon yet)"
+            } else {
+                ""
+            }
         );
         let _ = writeln!(
             s,

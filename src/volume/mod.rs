@@ -143,20 +143,6 @@ pub struct Volume {
     group_commits: std::sync::atomic::AtomicU64,
 }
 
-/// Score → tier by the seed's thresholds (≥ 0.8 fastest, ≥ 0.3 middle, else
-/// slowest), shifted by policy.
-fn static_tier_hint(policy: TieringPolicy, score: f32, ids: &[u8]) -> u8 {
-    let n = ids.len();
-    let idx = match policy {
-        TieringPolicy::PerformanceOptimized => 0,
-        TieringPolicy::CostOptimized if score < 0.8 => n - 1,
-        _ if score >= 0.8 => 0,
-        _ if score >= 0.3 => n / 2,
-        _ => n - 1,
-    };
-    ids[idx.min(n - 1)]
-}
-
 /// Checks that a configured volume can open the stored one: same chunk
 /// size, no smaller.
 pub fn check_compatible(stored: &VolumeMetadata, meta: &VolumeMetadata) -> Result<()> {
@@ -406,7 +392,9 @@ impl Volume {
         if !self.meta.tiering_enabled {
             return self.meta.pinned_tier.unwrap_or(slowest);
         }
-        static_tier_hint(self.meta.tiering_policy, self.score(chunk), ids)
+        // The placement engine's one score → tier function, so the plan
+        // never moves a chunk back from where this put it.
+        ids[crate::place::tier_for_score(self.meta.tiering_policy, self.score(chunk), ids.len())]
     }
 
     /// Allocates an extent for `chunk`: the hinted tier first, then slower
