@@ -71,6 +71,8 @@ pub struct EpochReport {
     pub demoted: usize,
     pub skipped: usize,
     pub failed: usize,
+    /// Promotions of chunks with no access in the epoch before.
+    pub prefetched: usize,
 }
 
 pub struct Brain {
@@ -147,6 +149,7 @@ impl Brain {
         match outcome {
             Ok(r) => {
                 *consecutive = 0;
+                crate::stats::publish(&self.volume, &r);
                 let level = if r.promoted + r.demoted + r.failed > 0 {
                     log::Level::Info
                 } else {
@@ -239,7 +242,12 @@ impl Brain {
         for m in &moves {
             let to = ids[m.to as usize];
             match migrate::migrate_chunk(v, m.chunk, to, &mut self.limiter) {
-                Ok(Outcome::Moved { .. }) if m.to < m.from => report.promoted += 1,
+                Ok(Outcome::Moved { .. }) if m.to < m.from => {
+                    report.promoted += 1;
+                    if self.history.count(m.chunk as usize, 0) == 0 {
+                        report.prefetched += 1;
+                    }
+                }
                 Ok(Outcome::Moved { .. }) => report.demoted += 1,
                 Ok(Outcome::Skipped(why)) => {
                     // Keep the fast tier's view true to where the chunk is.
