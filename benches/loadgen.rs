@@ -1,5 +1,6 @@
 //! Load generator for vhost-user-blk backends (tierblk, qemu-storage-daemon,
-//! any other), built on libblkio's Rust core as a real client: one thread
+//! any other), built on libblkio's Rust core as a real client
+//! (`tierblk::client`, shared with `tierblk play` and the tests): one thread
 //! and one virtqueue per queue, a fixed queue depth per queue, random or
 //! sequential offsets. Reports IOPS, MiB/s, latency percentiles
 //! (hdrhistogram) and the backend process's CPU time per I/O.
@@ -20,7 +21,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use blkio::{Blkio, Blkioq, Completion, ReqFlags};
+use blkio::{Blkioq, Completion, ReqFlags};
 use hdrhistogram::Histogram;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -252,26 +253,21 @@ fn run_queue(
 
 fn main() -> ExitCode {
     let a = parse_args();
-    let mut b = match Blkio::new("virtio-blk-vhost-user") {
-        Ok(b) => b,
-        Err(e) => usage(&format!("blkio: {}", e.message())),
-    };
-    let setup = (|| -> blkio::Result<_> {
-        b.set_str("path", &a.socket)?;
-        b.connect()?;
-        b.set_i32("num-queues", a.queues as i32)?;
-        let started = b.start()?;
-        let region = b.alloc_mem_region(a.qd * a.bs * a.queues)?;
-        b.map_mem_region(&region)?;
-        Ok((started, region))
-    })();
-    let (started, region) = match setup {
-        Ok(x) => x,
+    let client = match tierblk::client::Client::connect(
+        std::path::Path::new(&a.socket),
+        a.queues,
+        false,
+        a.qd * a.bs * a.queues,
+    ) {
+        Ok(c) => c,
         Err(e) => {
-            eprintln!("loadgen: {}: {}", a.socket, e.message());
+            eprintln!("loadgen: {e}");
             return ExitCode::FAILURE;
         }
     };
+    let capacity = client.capacity().unwrap_or(0);
+    // `_blkio` keeps the device open while the queue threads run.
+    let (_blkio, queues, region) = client.into_parts();
     // Fill the buffers so writes carry data, not zeros.
     // SAFETY: the region is ours, `len` bytes, and no request is in flight.
     let mem = unsafe { std::slice::from_raw_parts_mut(region.addr as *mut u8, region.len) };
@@ -279,7 +275,6 @@ fn main() -> ExitCode {
     for b in mem.iter_mut() {
         *b = xorshift(&mut x) as u8;
     }
-    let capacity = b.get_u64("capacity").unwrap_or(0);
     let size = a.size.unwrap_or(capacity).min(capacity);
     if size < a.bs as u64 {
         eprintln!("loadgen: device of {capacity} bytes is smaller than one block");
@@ -288,8 +283,7 @@ fn main() -> ExitCode {
     let stop = Arc::new(AtomicBool::new(false));
     let cpu0 = a.pid.and_then(cpu_us);
     let t0 = Instant::now();
-    let handles: Vec<_> = started
-        .queues
+    let handles: Vec<_> = queues
         .into_iter()
         .enumerate()
         .map(|(i, q)| {

@@ -70,6 +70,8 @@ pub struct EpochReport {
     pub demoted: usize,
     pub skipped: usize,
     pub failed: usize,
+    /// Promotions of chunks with no access in the epoch before.
+    pub prefetched: usize,
 }
 
 pub struct Brain {
@@ -154,6 +156,7 @@ impl Brain {
         match outcome {
             Ok(r) => {
                 *consecutive = 0;
+                crate::stats::publish(&self.volume, &r);
                 let level = if r.promoted + r.demoted + r.failed > 0 {
                     log::Level::Info
                 } else {
@@ -257,6 +260,9 @@ impl Brain {
                 Ok(Outcome::Moved { .. }) => {
                     if m.to < m.from {
                         report.promoted += 1;
+                        if self.history.count(m.chunk as usize, 0) == 0 {
+                            report.prefetched += 1;
+                        }
                     } else {
                         report.demoted += 1;
                     }

@@ -20,6 +20,8 @@ pub enum Error {
     Predict(#[from] crate::predict::Error),
     #[error(transparent)]
     Replay(#[from] crate::replay::Error),
+    #[error(transparent)]
+    Play(#[from] crate::play::Error),
     /// The command line's output could not be written (not a closed pipe:
     /// the CLI ends quietly on that).
     #[error("writing to standard output: {0}")]

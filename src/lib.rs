@@ -3,6 +3,7 @@
 //! each module is named after the part of it that it implements.
 
 pub mod blk;
+pub mod client;
 pub mod config;
 pub mod cost;
 pub mod daemon;
@@ -13,9 +14,11 @@ pub(crate) mod fuzzing;
 pub mod meta;
 pub mod migrate;
 pub mod place;
+pub mod play;
 pub mod predict;
 pub mod profile;
 pub mod replay;
+pub mod stats;
 pub mod tier;
 pub mod trace;
 pub mod volume;

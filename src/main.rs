@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 use tierblk::{
     config::{ByteSize, Config, TieringPolicy},
     daemon,
+    play::{self, PlayConfig},
     predict::learned::{train, Arch},
     replay::{self, PolicyKind, ReplayConfig},
 };
@@ -43,6 +44,10 @@ enum Command {
     /// Replay a block trace through profiler → predictor → placement with a
     /// simulated clock, and compare with reference policies.
     Replay(ReplayArgs),
+    /// Play a block trace against a running daemon's vhost-user socket, as
+    /// a guest: real reads and writes at the trace's sizes and (scaled)
+    /// times; report guest-side latency and what the daemon did meanwhile.
+    Play(PlayArgs),
     /// Train a learned predictor on block traces and write a model file.
     Train(TrainArgs),
 }
@@ -140,6 +145,106 @@ struct ReplayArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+/// Offsets of each trace device are laid out one device after another in
+/// the volume (16 MiB aligned), wrapped modulo the volume size and aligned
+/// down to 512 bytes; lengths are rounded up to 512 bytes and cut at 1 MiB.
+/// Writes carry a pattern that names each sector's own volume offset.
+/// Daemon stats come from the volume's stats file, which the daemon
+/// rewrites at the end of every epoch (`<state_dir>/stats/<volume>.json`):
+/// play reads one before and waits for one written after the last
+/// completion.
+#[derive(clap::Args, Debug)]
+struct PlayArgs {
+    /// Trace file: normalized CSV, or MSR Cambridge CSV (`*.msr.csv`).
+    #[arg(long)]
+    trace: PathBuf,
+    /// The volume's vhost-user socket (default: the volume's socket in
+    /// --config).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// The daemon's config: gives the socket and the stats file of
+    /// --volume.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Volume of --config to play against (default: its only volume, or
+    /// the one listening on --socket).
+    #[arg(long, requires = "config")]
+    volume: Option<String>,
+    /// The volume's stats file (instead of finding it from --config).
+    #[arg(long, conflicts_with = "config")]
+    stats: Option<PathBuf>,
+    /// Seconds to wait for a stats snapshot [default: 3 epochs + 5 s, or 30
+    /// s before the epoch length is known].
+    #[arg(long)]
+    stats_timeout: Option<f64>,
+    /// Trace time runs this many times faster (10: ten times faster); 0
+    /// plays as fast as --qd allows. Traces without timestamps (arc_P3.csv)
+    /// count one second per request: play them with --speed 0.
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    speed: f64,
+    /// Requests in flight at most (one queue).
+    #[arg(long, default_value_t = 32)]
+    qd: usize,
+    /// Skip the trace's first SECS seconds (trace time).
+    #[arg(
+        long,
+        default_value_t = 0.0,
+        value_name = "SECS",
+        allow_negative_numbers = true
+    )]
+    start: f64,
+    /// Play SECS seconds of trace time from --start (default: to the end).
+    #[arg(long, value_name = "SECS", allow_negative_numbers = true)]
+    duration: Option<f64>,
+    /// Play at most N requests.
+    #[arg(long, value_name = "N")]
+    max_requests: Option<u64>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+impl TryFrom<PlayArgs> for PlayConfig {
+    type Error = tierblk::Error;
+
+    fn try_from(a: PlayArgs) -> tierblk::Result<Self> {
+        let (socket, stats) = match (&a.config, a.socket, a.stats) {
+            (Some(c), socket, _) => {
+                let (s, f) = play::target_from_config(c, a.volume.as_deref(), socket.as_deref())?;
+                (s, Some(f))
+            }
+            (None, Some(s), stats) => (s, stats),
+            (None, None, _) => {
+                return Err(play::Error::Invalid(
+                    "give the volume's --socket, or the daemon's --config".into(),
+                )
+                .into())
+            }
+        };
+        let stats_timeout = match a.stats_timeout {
+            None => None,
+            Some(t) if t.is_finite() && t > 0.0 => Some(std::time::Duration::from_secs_f64(t)),
+            Some(t) => {
+                return Err(play::Error::Invalid(format!(
+                    "--stats-timeout {t}: must be seconds > 0"
+                ))
+                .into())
+            }
+        };
+        Ok(PlayConfig {
+            socket,
+            trace: a.trace,
+            speed: a.speed,
+            qd: a.qd,
+            start_secs: a.start,
+            duration_secs: a.duration,
+            max_requests: a.max_requests,
+            stats,
+            stats_timeout,
+        })
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -272,6 +377,15 @@ fn run(cli: Cli) -> tierblk::Result<()> {
             }
             let report = replay::replay_file(&a.trace, &config.tiers, &cfg)?;
             if a.json {
+                print_stdout(&format!("{}\n", report.to_json()))
+            } else {
+                print_stdout(&report.to_table())
+            }
+        }
+        Command::Play(a) => {
+            let json = a.json;
+            let report = play::play(&PlayConfig::try_from(a)?)?;
+            if json {
                 print_stdout(&format!("{}\n", report.to_json()))
             } else {
                 print_stdout(&report.to_table())

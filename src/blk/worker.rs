@@ -624,6 +624,7 @@ impl Worker {
                 0,
             );
         }
+        volume.count_served(req.kind == Kind::Write, &slot.segs);
         slot.mem = Some(mem.clone());
         self.inflight.fetch_add(1, Ordering::AcqRel);
         self.submit_segments(idx);

@@ -141,6 +141,9 @@ pub struct Volume {
     unsynced: AtomicU32,
     /// Store commits the committer thread made for this volume's FLUSHes.
     group_commits: std::sync::atomic::AtomicU64,
+    /// Where guest accesses were served, and the brain's migration totals
+    /// (published once per epoch by `stats::publish`).
+    served: crate::stats::VolumeCounters,
 }
 
 /// Checks that a configured volume can open the stored one: same chunk
@@ -295,6 +298,7 @@ impl Volume {
             counters: crate::profile::ChunkCounters::new(chunks),
             unsynced: AtomicU32::new(0),
             group_commits: std::sync::atomic::AtomicU64::new(0),
+            served: crate::stats::VolumeCounters::default(),
         })
     }
 
@@ -590,6 +594,23 @@ impl Volume {
         if sequential && len > 0 {
             self.counters.record_sequential(offset >> self.chunk_shift);
         }
+    }
+
+    /// Counts where a mapped guest request is served, one access per chunk
+    /// segment: tier 0 (the fastest tier) or not (a slower tier, or zeros
+    /// for a chunk without an extent). A relaxed add per segment.
+    #[inline]
+    pub fn count_served(&self, write: bool, segs: &[Segment]) {
+        let fastest = self.tiers.ids().first().copied();
+        for s in segs {
+            let fast = matches!(s.target, Target::Extent { tier, .. } if Some(tier) == fastest);
+            self.served.record(write, fast);
+        }
+    }
+
+    /// This volume's served-access and migration totals.
+    pub fn served(&self) -> &crate::stats::VolumeCounters {
+        &self.served
     }
 
     pub fn dirty_tracker(&self) -> &dirty::DirtyTracker {

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use blkio::{Blkio, Blkioq, Completion, MemoryRegion, ReqFlags};
+use blkio::{Completion, ReqFlags};
 
 pub const KIB: u64 = 1024;
 pub const MIB: u64 = 1024 * 1024;
@@ -260,43 +260,39 @@ impl Drop for Daemon {
     }
 }
 
-/// A connected vhost-user-blk client with one mapped buffer.
-pub struct Client {
-    pub queues: Vec<Blkioq>,
-    pub buf: MemoryRegion,
-    blkio: Blkio,
+/// The library's vhost-user-blk client (8 MiB buffer) with the tests'
+/// one-request-at-a-time helpers.
+pub struct Client(tierblk::client::Client);
+
+impl std::ops::Deref for Client {
+    type Target = tierblk::client::Client;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Client {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
 }
 
 impl Client {
-    pub fn connect(socket: &Path, queues: i32, read_only: bool) -> blkio::Result<Self> {
-        let mut b = Blkio::new("virtio-blk-vhost-user")?;
-        b.set_str("path", socket.to_str().unwrap())?;
-        b.set_bool("read-only", read_only)?;
-        b.connect()?;
-        b.set_i32("num-queues", queues)?;
-        let started = b.start()?;
-        let buf = b.alloc_mem_region(8 * MIB as usize)?;
-        b.map_mem_region(&buf)?;
-        Ok(Self {
-            queues: started.queues,
-            buf,
-            blkio: b,
-        })
+    pub fn connect(
+        socket: &Path,
+        queues: i32,
+        read_only: bool,
+    ) -> Result<Self, tierblk::client::Error> {
+        tierblk::client::Client::connect(socket, queues as usize, read_only, 8 * MIB as usize)
+            .map(Self)
     }
 
     pub fn capacity(&self) -> u64 {
-        self.blkio.get_u64("capacity").unwrap()
-    }
-
-    fn ptr(&self, off: usize) -> *mut u8 {
-        (self.buf.addr + off) as *mut u8
+        self.0.capacity().unwrap()
     }
 
     pub fn buf_mut(&mut self, len: usize) -> &mut [u8] {
-        assert!(len <= self.buf.len);
-        // SAFETY: the region is `buf.len` bytes of memory this client
-        // allocated and owns; no request is in flight while we hold it.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr(0), len) }
+        self.0.buf_mut(0, len)
     }
 
     /// Waits for `n` completions on queue `q`; returns their ret values.
