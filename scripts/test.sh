@@ -24,6 +24,9 @@ cargo test
 step "fault and chaos tests (kill -9 during migration, reconnects with I/O in flight, full tmpfs tier, full metadata filesystem)"
 cargo test --test chaos -- --ignored --nocapture --test-threads=1
 
+step "coverage-guided fuzzing: every parser of untrusted input, 10 s each under AFL++ (long runs: README.md, Fuzzing)"
+scripts/fuzz.sh --seconds 10
+
 step "real guests: QEMU (TCG) + Linux + fio through tierblk, restart, corruption, libvirt"
 python3 qemu-tests/run.py
 

@@ -852,8 +852,8 @@ fn validate_volume(
     Ok(())
 }
 
-#[cfg(test)]
-mod fuzz;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzz;
 
 #[cfg(test)]
 mod tests {

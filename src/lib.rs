@@ -9,8 +9,8 @@ pub mod cost;
 pub mod daemon;
 pub mod epoch;
 pub mod error;
-#[cfg(test)]
-pub(crate) mod fuzzing;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod meta;
 pub mod migrate;
 pub mod place;

@@ -5,6 +5,10 @@
 //! also validates, serializes (`check-config` prints it) and reads back
 //! equal.
 
+// Outside tests (the `fuzzing` feature) only the checks are used, by the
+// AFL targets in fuzz/.
+#![cfg_attr(not(test), allow(dead_code, unused_imports))]
+
 use proptest::{prelude::*, sample::Index};
 
 use super::*;
@@ -285,7 +289,9 @@ fn lines_of(text: &str) -> Vec<String> {
     text.lines().map(str::to_string).collect()
 }
 
-fn parse_checked(text: &str) -> std::result::Result<Option<String>, TestCaseError> {
+/// Parses `text` and checks the outcome (the property every config target
+/// asserts); returns the error message of a config that did not parse.
+pub fn parse_checked(text: &str) -> std::result::Result<Option<String>, TestCaseError> {
     match Config::parse(text) {
         Ok(cfg) => {
             check_ok(&cfg)?;
@@ -356,6 +362,19 @@ proptest! {
     }
 }
 
+/// Whatever it is given, a size parses to a value TOML can print back, or
+/// to an error that quotes the input.
+pub fn byte_size_checked(text: &str) -> std::result::Result<(), TestCaseError> {
+    match text.parse::<ByteSize>() {
+        Ok(b) => {
+            prop_assert!(b.0 <= i64::MAX as u64, "{text:?} -> {b:?}");
+            prop_assert_eq!(b.to_string().parse::<ByteSize>().ok(), Some(b));
+        }
+        Err(e) => prop_assert!(e.contains(text), "{e}"),
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(fuzzing::config(20000))]
 
@@ -366,15 +385,7 @@ proptest! {
         (prop::sample::select(HOSTILE_NUMBERS.to_vec()), "[a-zA-Z ]{0,4}")
             .prop_map(|(n, u)| format!("{n}{u}")),
     ]) {
-        // Whatever it is given, a size parses to a value TOML can print
-        // back, or to an error that quotes the input.
-        match text.parse::<ByteSize>() {
-            Ok(b) => {
-                prop_assert!(b.0 <= i64::MAX as u64, "{text:?} -> {b:?}");
-                prop_assert_eq!(b.to_string().parse::<ByteSize>().ok(), Some(b));
-            }
-            Err(e) => prop_assert!(e.contains(&text), "{e}"),
-        }
+        byte_size_checked(&text)?;
         // Every size a TOML integer can hold prints and reads back; larger
         // ones are refused.
         let b = ByteSize(n);

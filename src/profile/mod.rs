@@ -10,6 +10,8 @@ use std::path::PathBuf;
 
 pub use counters::{ChunkCounters, EpochCounts};
 pub use history::{ChunkHistory, History, HISTORY_EPOCHS};
+#[cfg(feature = "fuzzing")]
+pub use vm::fuzz as vm_fuzz;
 pub use vm::{initial_heat_map, DiskProfile, OsFamily, VmProfile, LIBOSINFO_XMLNS, TIERBLK_XMLNS};
 
 /// Errors of the profile module.

@@ -308,8 +308,8 @@ fn parse_memory(value: &str, unit: &str) -> std::result::Result<u64, String> {
         .ok_or_else(|| format!("<memory> {value} {unit} is too large"))
 }
 
-#[cfg(test)]
-mod fuzz;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzz;
 
 #[cfg(test)]
 mod tests {

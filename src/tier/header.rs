@@ -117,8 +117,8 @@ fn read_up_to(file: &File, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(n)
 }
 
-#[cfg(test)]
-mod fuzz;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzz;
 
 #[cfg(test)]
 mod tests {

@@ -6,6 +6,10 @@
 //! line number; no request reaches past 2^64 bytes or claims more than
 //! [`MAX_REQUEST_BYTES`].
 
+// Outside tests (the `fuzzing` feature) only the checks are used, by the
+// AFL targets in fuzz/.
+#![cfg_attr(not(test), allow(dead_code, unused_imports))]
+
 use std::{io::Cursor, path::Path, sync::OnceLock};
 
 use proptest::{prelude::*, sample::Index};
@@ -41,7 +45,7 @@ fn trace_lines(name: &str) -> &'static [String] {
 /// Reads `bytes` as a trace of `format`; `None` when the reader refused the
 /// header. Fails the case if the reader yields more items than the input
 /// has lines (it would never end).
-fn read(
+pub fn read(
     format: Format,
     bytes: &[u8],
 ) -> std::result::Result<Option<Vec<Result<Request>>>, TestCaseError> {

@@ -234,7 +234,7 @@ pub fn read_all(path: &Path) -> Result<Vec<Request>> {
 /// A real trace vendored in the repository's `traces/` folder (see
 /// `traces/README.md`). Tests that need one fail with this message when the
 /// file is missing rather than passing silently.
-#[cfg(test)]
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) fn vendored_trace(name: &str) -> PathBuf {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("traces")
@@ -280,8 +280,8 @@ fn check_extent(offset: u64, len: u64, lines: &Lines, size_column: &str) -> Resu
     Ok(())
 }
 
-#[cfg(test)]
-mod fuzz;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzz;
 
 #[cfg(test)]
 mod tests {

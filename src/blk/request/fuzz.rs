@@ -9,6 +9,10 @@
 //! `next` links, indirect tables, loops) and parses the chains
 //! virtio-queue pops from them, as the worker does.
 
+// Outside tests (the `fuzzing` feature) only the checks are used, by the
+// AFL targets in fuzz/.
+#![cfg_attr(not(test), allow(dead_code, unused_imports))]
+
 use proptest::{prelude::*, sample::Index};
 use virtio_bindings::{
     virtio_blk::{VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_GET_ID},
@@ -24,13 +28,83 @@ use crate::fuzzing;
 const R1: (u64, u64) = (0, 0x10_0000);
 const R2: (u64, u64) = (0x20_0000, 0x1_0000);
 /// Where headers and segments are written, in each region.
-const SPOTS: [u64; 4] = [0x1_0000, 0x1_0100, R2.0, R1.1 - 8];
+pub const SPOTS: [u64; 4] = [0x1_0000, 0x1_0100, R2.0, R1.1 - 8];
+/// Descriptor addresses at the edges of guest memory and of `u64`.
+pub const EDGE_ADDRS: &[u64] = &[
+    0,
+    1,
+    0x2000,
+    0x3000,
+    R1.1 - 16,
+    R1.1 - 1,
+    R1.1,
+    R1.1 + 1,
+    R2.0 - 1,
+    R2.0 + 16,
+    R2.0 + R2.1 - 16,
+    R2.0 + R2.1 - 1,
+    R2.0 + R2.1,
+    u64::MAX,
+    u64::MAX - 15,
+    u64::MAX - 511,
+    1 << 63,
+];
+/// Descriptor lengths at the edges of what a request holds.
+pub const EDGE_LENS: &[u32] = &[
+    0,
+    1,
+    2,
+    8,
+    15,
+    16,
+    17,
+    20,
+    21,
+    31,
+    32,
+    48,
+    511,
+    512,
+    513,
+    528,
+    1024,
+    4096,
+    16 + 16 * MAX_DISCARD_SEG,
+    16 + 16 * (MAX_DISCARD_SEG + 1),
+    u32::MAX,
+    u32::MAX - 15,
+];
+/// The request types virtio-blk defines (and we serve).
+pub const KINDS: &[u32] = &[
+    VIRTIO_BLK_T_IN,
+    VIRTIO_BLK_T_OUT,
+    VIRTIO_BLK_T_FLUSH,
+    VIRTIO_BLK_T_GET_ID,
+    VIRTIO_BLK_T_DISCARD,
+    VIRTIO_BLK_T_WRITE_ZEROES,
+];
+/// Sectors at the edges of a volume and of `u64`.
+pub const EDGE_SECTORS: &[u64] = &[
+    0,
+    1,
+    2047,
+    2048,
+    4095,
+    4096,
+    u64::MAX,
+    u64::MAX / 512,
+    u64::MAX / 512 + 1,
+    1 << 55,
+];
+/// Volume sizes: small ones the spots reach into, and edge cases.
+pub const CAPACITIES: &[u64] = &[1 << 20, 2 << 20, 4 << 20, 0, 512, u64::MAX, u64::MAX - 511];
 /// Indirect descriptor tables (queue test).
 const INDIRECT: u64 = 0x8000;
 const IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
 const UNSUPP: u8 = VIRTIO_BLK_S_UNSUPP as u8;
 
-fn memory() -> GuestMemoryMmap<()> {
+/// Guest memory for the chains: two regions with a hole between them.
+pub fn memory() -> GuestMemoryMmap<()> {
     GuestMemoryMmap::from_ranges(&[
         (GuestAddress(R1.0), R1.1 as usize),
         (GuestAddress(R2.0), R2.1 as usize),
@@ -38,21 +112,31 @@ fn memory() -> GuestMemoryMmap<()> {
     .expect("test memory")
 }
 
+/// The most bytes a case writes at a spot: a header and one segment more
+/// than a request may carry.
+const SPOT_BYTES: u64 = 16 + 16 * (MAX_DISCARD_SEG as u64 + 1);
+/// What a case writes: the queue (at 0), the indirect table, the spots.
+const WRITTEN: [(u64, u64); 3] = [
+    (R1.0, SPOTS[1] + SPOT_BYTES),
+    (SPOTS[3], R1.1 - SPOTS[3]),
+    (SPOTS[2], SPOT_BYTES),
+];
+const _: () = assert!(INDIRECT + 16 * 20 <= SPOTS[0] && SPOTS[0] < SPOTS[1]);
+
+/// Zeroes what the previous case wrote, so each case starts from zeroed
+/// memory (zeroing all of it made a case ten times slower).
 fn zero(mem: &GuestMemoryMmap<()>) {
-    let z = vec![0u8; R1.1 as usize];
-    mem.write_slice(&z, GuestAddress(R1.0)).expect("zero");
-    mem.write_slice(&z[..R2.1 as usize], GuestAddress(R2.0))
-        .expect("zero");
+    static ZEROS: [u8; (SPOTS[1] + SPOT_BYTES) as usize] = [0; (SPOTS[1] + SPOT_BYTES) as usize];
+    for (at, len) in WRITTEN {
+        mem.write_slice(&ZEROS[..len as usize], GuestAddress(at))
+            .expect("zero");
+    }
 }
 
 fn addr() -> impl Strategy<Value = u64> {
     prop_oneof![
         3 => prop::sample::select(SPOTS.to_vec()),
-        2 => prop::sample::select(vec![
-            0, 1, 0x2000, 0x3000, R1.1 - 16, R1.1 - 1, R1.1, R1.1 + 1, R2.0 - 1, R2.0 + 16,
-            R2.0 + R2.1 - 16, R2.0 + R2.1 - 1, R2.0 + R2.1, u64::MAX, u64::MAX - 15,
-            u64::MAX - 511, 1 << 63,
-        ]),
+        2 => prop::sample::select(EDGE_ADDRS.to_vec()),
         1 => R1.0..R1.1,
         1 => any::<u64>(),
     ]
@@ -60,10 +144,7 @@ fn addr() -> impl Strategy<Value = u64> {
 
 fn len() -> impl Strategy<Value = u32> {
     prop_oneof![
-        3 => prop::sample::select(vec![
-            0u32, 1, 2, 8, 15, 16, 17, 20, 21, 31, 32, 48, 511, 512, 513, 528, 1024, 4096,
-            16 + 16 * MAX_DISCARD_SEG, 16 + 16 * (MAX_DISCARD_SEG + 1), u32::MAX, u32::MAX - 15,
-        ]),
+        3 => prop::sample::select(EDGE_LENS.to_vec()),
         1 => 0u32..2048,
         1 => any::<u32>(),
     ]
@@ -71,20 +152,14 @@ fn len() -> impl Strategy<Value = u32> {
 
 fn kind() -> impl Strategy<Value = u32> {
     prop_oneof![
-        4 => prop::sample::select(vec![
-            VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID,
-            VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_WRITE_ZEROES,
-        ]),
+        4 => prop::sample::select(KINDS.to_vec()),
         1 => any::<u32>(),
     ]
 }
 
 fn sector() -> impl Strategy<Value = u64> {
     prop_oneof![
-        1 => prop::sample::select(vec![
-            0u64, 1, 2047, 2048, 4095, 4096, u64::MAX, u64::MAX / 512, u64::MAX / 512 + 1,
-            1 << 55,
-        ]),
+        1 => prop::sample::select(EDGE_SECTORS.to_vec()),
         2 => Just(0u64),
         3 => 0u64..5000,
         1 => any::<u64>(),
@@ -93,8 +168,8 @@ fn sector() -> impl Strategy<Value = u64> {
 
 fn capacity() -> impl Strategy<Value = u64> {
     prop_oneof![
-        3 => prop::sample::select(vec![1u64 << 20, 2 << 20, 4 << 20]),
-        1 => prop::sample::select(vec![0u64, 512, u64::MAX, u64::MAX - 511]),
+        3 => prop::sample::select(CAPACITIES[..3].to_vec()),
+        1 => prop::sample::select(CAPACITIES[3..].to_vec()),
         1 => (0u64..100_000).prop_map(|s| s * 512),
         1 => any::<u64>(),
     ]
@@ -121,11 +196,13 @@ fn segment() -> impl Strategy<Value = (u64, u32, u32)> {
     )
 }
 
-/// The guest's bytes: a header at each spot, segments after it.
-#[derive(Debug, Clone)]
-struct Guest {
-    headers: Vec<(u32, u32, u64)>,
-    segments: Vec<(u64, u32, u32)>,
+/// The guest's bytes: a header (type, reserved, sector) at each of
+/// [`SPOTS`], the same discard / write-zeroes segments (sector, sectors,
+/// flags) after each.
+#[derive(Debug, Clone, Default)]
+pub struct Guest {
+    pub headers: Vec<(u32, u32, u64)>,
+    pub segments: Vec<(u64, u32, u32)>,
 }
 
 fn guest() -> impl Strategy<Value = Guest> {
@@ -199,14 +276,7 @@ fn data_addr() -> impl Strategy<Value = u64> {
 /// in, status), then changed in a few places; with the spot whose header
 /// gets that type.
 fn shaped_chain() -> impl Strategy<Value = Chain> {
-    let kind = prop::sample::select(vec![
-        VIRTIO_BLK_T_IN,
-        VIRTIO_BLK_T_OUT,
-        VIRTIO_BLK_T_FLUSH,
-        VIRTIO_BLK_T_GET_ID,
-        VIRTIO_BLK_T_DISCARD,
-        VIRTIO_BLK_T_WRITE_ZEROES,
-    ]);
+    let kind = prop::sample::select(KINDS.to_vec());
     let bufs = |lens: Vec<u32>, n: std::ops::Range<usize>| {
         prop::collection::vec((data_addr(), prop::sample::select(lens)), n)
     };
@@ -269,10 +339,10 @@ fn shaped_chain() -> impl Strategy<Value = Chain> {
 
 /// Descriptors (addr, len, device-writable) of a chain, and where to put a
 /// header type that fits them.
-#[derive(Debug, Clone)]
-struct Chain {
-    descs: Vec<(u64, u32, bool)>,
-    kind_at: Option<(u64, u32)>,
+#[derive(Debug, Clone, Default)]
+pub struct Chain {
+    pub descs: Vec<(u64, u32, bool)>,
+    pub kind_at: Option<(u64, u32)>,
 }
 
 fn chain() -> impl Strategy<Value = Chain> {
@@ -497,19 +567,38 @@ proptest! {
         read_only in prop::bool::weighted(0.2),
     ) {
         thread_local!(static MEM: GuestMemoryMmap<()> = memory());
-        MEM.with(|mem| {
-            zero(mem);
-            g.write(mem);
-            if let Some((at, kind)) = c.kind_at {
-                let _ = mem.write_obj(kind, GuestAddress(at));
-            }
-            let limits = Limits { capacity: cap, read_only };
-            let mut bufs = RequestBufs::default();
-            let parsed = parse(descriptors(&c.descs).into_iter(), mem, limits, &mut bufs);
-            check(mem, limits, parsed, &bufs, Some(spec(mem, &c.descs, limits)))
-        })?;
+        MEM.with(|mem| chain_matches_spec(mem, &g, &c, Limits { capacity: cap, read_only }))?;
     }
 }
+
+/// Writes the guest's bytes to `mem` (from [`memory`]), parses the chain
+/// and checks the outcome against the spec.
+pub fn chain_matches_spec(
+    mem: &GuestMemoryMmap<()>,
+    g: &Guest,
+    c: &Chain,
+    limits: Limits,
+) -> std::result::Result<(), TestCaseError> {
+    zero(mem);
+    g.write(mem);
+    if let Some((at, kind)) = c.kind_at {
+        let _ = mem.write_obj(kind, GuestAddress(at));
+    }
+    let mut bufs = RequestBufs::default();
+    let parsed = parse(descriptors(&c.descs).into_iter(), mem, limits, &mut bufs);
+    check(
+        mem,
+        limits,
+        parsed,
+        &bufs,
+        Some(spec(mem, &c.descs, limits)),
+    )
+}
+
+/// A descriptor written over the queue's table (or over the indirect
+/// table): index, address, length, flags (`NEXT`, `WRITE`, `INDIRECT`),
+/// `next`, whether in the indirect table.
+pub type Noise = (u16, u64, u32, u16, u16, bool);
 
 proptest! {
     #![proptest_config(fuzzing::config(12000))]
@@ -527,64 +616,85 @@ proptest! {
         read_only in prop::bool::weighted(0.2),
     ) {
         thread_local!(static MEM: GuestMemoryMmap<()> = memory());
-        let fail = |e: &dyn std::fmt::Debug| TestCaseError::fail(format!("{e:?}"));
         MEM.with(|mem| {
-            zero(mem);
-            g.write(mem);
-            if let Some((at, kind)) = c.kind_at {
-                let _ = mem.write_obj(kind, GuestAddress(at));
-            }
-            let q = MockSplitQueue::new(mem, 16);
-            // The chain, linked by `next`, in the descriptor table or in an
-            // indirect table the first descriptor points at.
-            let n = c.descs.len().min(16) as u16;
-            let linked = |i: u16, (a, l, w): (u64, u32, bool)| {
-                let mut f = if w { VRING_DESC_F_WRITE as u16 } else { 0 };
-                if i + 1 < n {
-                    f |= VRING_DESC_F_NEXT as u16;
-                }
-                RawDescriptor::from(Descriptor::new(a, l, f, i + 1))
-            };
-            for (i, &d) in c.descs.iter().take(16).enumerate() {
-                let d = linked(i as u16, d);
-                if indirect {
-                    mem.write_obj(d, GuestAddress(INDIRECT + 16 * i as GuestUsize)).map_err(|e| fail(&e))?;
-                } else {
-                    q.desc_table().store(i as u16, d).map_err(|e| fail(&e))?;
-                }
-            }
-            if indirect {
-                let d = Descriptor::new(INDIRECT, 16 * n as u32, VRING_DESC_F_INDIRECT as u16, 0);
-                q.desc_table().store(0, RawDescriptor::from(d)).map_err(|e| fail(&e))?;
-            }
-            // Then some descriptors are overwritten: in the table or in the
-            // indirect table, with any flags (INDIRECT too) and `next`
-            // (loops, or past the table).
-            for (i, a, l, f, next, in_indirect) in noise {
-                let f = f & (VRING_DESC_F_NEXT | VRING_DESC_F_WRITE | VRING_DESC_F_INDIRECT) as u16;
-                let (a, l) = if f & VRING_DESC_F_INDIRECT as u16 != 0 && a % 2 == 0 {
-                    (INDIRECT, 16 * (l % 20))
-                } else {
-                    (a, l)
-                };
-                let d = RawDescriptor::from(Descriptor::new(a, l, f, next));
-                if in_indirect {
-                    mem.write_obj(d, GuestAddress(INDIRECT + 16 * i as GuestUsize)).map_err(|e| fail(&e))?;
-                } else {
-                    q.desc_table().store(i, d).map_err(|e| fail(&e))?;
-                }
-            }
-            let avail = q.avail_addr();
-            mem.write_obj(0u16, avail.unchecked_add(4)).map_err(|e| fail(&e))?;
-            mem.write_obj(1u16, avail.unchecked_add(2)).map_err(|e| fail(&e))?;
-            let mut queue: Queue = q.create_queue().map_err(|e| fail(&e))?;
             let limits = Limits { capacity: cap, read_only };
-            if let Some(chain) = queue.pop_descriptor_chain(mem) {
-                let mut bufs = RequestBufs::default();
-                let parsed = parse(chain, mem, limits, &mut bufs);
-                check(mem, limits, parsed, &bufs, None)?;
-            }
-            Ok::<(), TestCaseError>(())
+            virtqueue_chain(mem, &g, &c, indirect, &noise, limits)
         })?;
     }
+}
+
+/// Writes the guest's bytes and a split virtqueue holding the chain (in
+/// the descriptor table or an indirect table, then overwritten by `noise`)
+/// to `mem` (from [`memory`]); parses the chain virtio-queue pops, as the
+/// worker does, and checks the outcome.
+pub fn virtqueue_chain(
+    mem: &GuestMemoryMmap<()>,
+    g: &Guest,
+    c: &Chain,
+    indirect: bool,
+    noise: &[Noise],
+    limits: Limits,
+) -> std::result::Result<(), TestCaseError> {
+    let fail = |e: &dyn std::fmt::Debug| TestCaseError::fail(format!("{e:?}"));
+    zero(mem);
+    g.write(mem);
+    if let Some((at, kind)) = c.kind_at {
+        let _ = mem.write_obj(kind, GuestAddress(at));
+    }
+    let q = MockSplitQueue::new(mem, 16);
+    // The chain, linked by `next`, in the descriptor table or in an
+    // indirect table the first descriptor points at.
+    let n = c.descs.len().min(16) as u16;
+    let linked = |i: u16, (a, l, w): (u64, u32, bool)| {
+        let mut f = if w { VRING_DESC_F_WRITE as u16 } else { 0 };
+        if i + 1 < n {
+            f |= VRING_DESC_F_NEXT as u16;
+        }
+        RawDescriptor::from(Descriptor::new(a, l, f, i + 1))
+    };
+    for (i, &d) in c.descs.iter().take(16).enumerate() {
+        let d = linked(i as u16, d);
+        if indirect {
+            mem.write_obj(d, GuestAddress(INDIRECT + 16 * i as GuestUsize))
+                .map_err(|e| fail(&e))?;
+        } else {
+            q.desc_table().store(i as u16, d).map_err(|e| fail(&e))?;
+        }
+    }
+    if indirect {
+        let d = Descriptor::new(INDIRECT, 16 * n as u32, VRING_DESC_F_INDIRECT as u16, 0);
+        q.desc_table()
+            .store(0, RawDescriptor::from(d))
+            .map_err(|e| fail(&e))?;
+    }
+    // Then some descriptors are overwritten: in the table or in the
+    // indirect table, with any flags (INDIRECT too) and `next` (loops, or
+    // past the table).
+    for &(i, a, l, f, next, in_indirect) in noise {
+        let f = f & (VRING_DESC_F_NEXT | VRING_DESC_F_WRITE | VRING_DESC_F_INDIRECT) as u16;
+        let (a, l) = if f & VRING_DESC_F_INDIRECT as u16 != 0 && a % 2 == 0 {
+            (INDIRECT, 16 * (l % 20))
+        } else {
+            (a, l)
+        };
+        let d = RawDescriptor::from(Descriptor::new(a, l, f, next));
+        if in_indirect {
+            mem.write_obj(d, GuestAddress(INDIRECT + 16 * i as GuestUsize))
+                .map_err(|e| fail(&e))?;
+        } else {
+            q.desc_table().store(i, d).map_err(|e| fail(&e))?;
+        }
+    }
+    let avail = q.avail_addr();
+    mem.write_obj(0u16, avail.unchecked_add(4))
+        .map_err(|e| fail(&e))?;
+    mem.write_obj(1u16, avail.unchecked_add(2))
+        .map_err(|e| fail(&e))?;
+    let mut queue: Queue = q.create_queue().map_err(|e| fail(&e))?;
+    if let Some(chain) = queue.pop_descriptor_chain(mem) {
+        let mut bufs = RequestBufs::default();
+        let parsed = parse(chain, mem, limits, &mut bufs);
+        check(mem, limits, parsed, &bufs, None)?;
+    }
+    Ok(())
 }

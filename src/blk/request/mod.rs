@@ -332,7 +332,7 @@ pub fn zero_segments<M: GuestMemoryBackend>(
     Ok(())
 }
 
-#[cfg(test)]
-mod fuzz;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzz;
 #[cfg(test)]
 mod tests;

@@ -179,8 +179,8 @@ fn dtypes(net: &Net) -> Vec<(String, String)> {
     v.out
 }
 
-#[cfg(test)]
-mod fuzz;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzz;
 
 #[cfg(test)]
 mod tests {

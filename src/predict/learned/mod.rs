@@ -12,6 +12,8 @@ pub mod train;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{activation, Device, Tensor, TensorData};
+#[cfg(feature = "fuzzing")]
+pub use file::fuzz as file_fuzz;
 pub use file::ModelHeader;
 
 /// Tests that train (and check that training is reproducible) and tests
@@ -19,7 +21,7 @@ pub use file::ModelHeader;
 /// CPU backend keeps process-wide state, and loads interleaved with a
 /// training run change its result (seen only with both in one process;
 /// `tierblk train` runs alone in its own).
-#[cfg(test)]
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) fn burn_test_lock() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|p| p.into_inner())

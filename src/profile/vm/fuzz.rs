@@ -5,6 +5,10 @@
 //! never allocates out of proportion to its input, and a profile it
 //! returns yields a prior heat map.
 
+// Outside tests (the `fuzzing` feature) only the checks are used, by the
+// AFL targets in fuzz/.
+#![cfg_attr(not(test), allow(dead_code, unused_imports))]
+
 use std::{ops::Range, path::Path, sync::OnceLock};
 
 use proptest::{prelude::*, sample::Index};
@@ -34,7 +38,8 @@ fn shipped(name: &str) -> &'static str {
     &all[i]
 }
 
-fn check(text: &str) -> std::result::Result<Option<VmProfile>, TestCaseError> {
+/// Parses `text` and checks the outcome; the profile, if one was read.
+pub fn check(text: &str) -> std::result::Result<Option<VmProfile>, TestCaseError> {
     // The depth bound that keeps roxmltree's recursion in check holds.
     let bound = nesting_depth(text);
     if bound <= MAX_XML_DEPTH {

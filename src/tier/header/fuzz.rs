@@ -4,32 +4,42 @@
 //! header, or an error; never a panic; a header that reads also writes
 //! and reads back equal.
 
-use std::os::unix::fs::FileExt;
+// Outside tests (the `fuzzing` feature) only the checks are used, by the
+// AFL targets in fuzz/.
+#![cfg_attr(not(test), allow(dead_code, unused_imports))]
+
+use std::{fs::File, os::unix::fs::FileExt};
 
 use proptest::prelude::*;
 
 use super::*;
 use crate::fuzzing;
 
-fn read_bytes(
+/// Reads `b` as the start of a tier device and checks the outcome.
+pub fn read_bytes(
     b: &[u8],
 ) -> std::result::Result<Result<Option<TierHeader>, HeaderError>, TestCaseError> {
-    let f = tempfile::tempfile().map_err(|e| TestCaseError::fail(e.to_string()))?;
-    f.write_all_at(b, 0)
-        .map_err(|e| TestCaseError::fail(e.to_string()))?;
-    let (r, largest) = fuzzing::largest_allocation(|| TierHeader::read(&f));
-    prop_assert!(
-        largest <= 64 << 10,
-        "reading a header allocated {largest} bytes at once"
-    );
-    if let Ok(Some(h)) = &r {
-        let g = tempfile::tempfile().map_err(|e| TestCaseError::fail(e.to_string()))?;
-        h.write(&g)
+    // One device per thread, refilled for each case (the AFL target runs
+    // millions of cases).
+    thread_local!(static DEVICE: File = tempfile::tempfile().expect("a temporary file"));
+    DEVICE.with(|f| {
+        f.set_len(0)
+            .and_then(|()| f.write_all_at(b, 0))
             .map_err(|e| TestCaseError::fail(e.to_string()))?;
-        let again = TierHeader::read(&g).ok().flatten();
-        prop_assert_eq!(again.as_ref(), Some(h));
-    }
-    Ok(r)
+        let (r, largest) = fuzzing::largest_allocation(|| TierHeader::read(f));
+        prop_assert!(
+            largest <= 64 << 10,
+            "reading a header allocated {largest} bytes at once"
+        );
+        if let Ok(Some(h)) = &r {
+            let g = tempfile::tempfile().map_err(|e| TestCaseError::fail(e.to_string()))?;
+            h.write(&g)
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let again = TierHeader::read(&g).ok().flatten();
+            prop_assert_eq!(again.as_ref(), Some(h));
+        }
+        Ok(r)
+    })
 }
 
 fn valid_block(name: &str) -> Vec<u8> {

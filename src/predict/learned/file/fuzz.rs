@@ -6,6 +6,10 @@
 //! error or a model, never panics, and never makes an allocation out of
 //! proportion to the file; a model it returns also scores.
 
+// Outside tests (the `fuzzing` feature) only the checks are used, by the
+// AFL targets in fuzz/.
+#![cfg_attr(not(test), allow(dead_code, unused_imports))]
+
 use std::sync::OnceLock;
 
 use proptest::{prelude::*, sample::Index};
@@ -59,7 +63,7 @@ fn assemble(json: &[u8], pack: &[u8]) -> Vec<u8> {
 
 /// Loads `bytes`; checks the outcome. Returns the header of a model that
 /// loaded.
-fn check(bytes: &[u8]) -> std::result::Result<Option<ModelHeader>, TestCaseError> {
+pub fn check(bytes: &[u8]) -> std::result::Result<Option<ModelHeader>, TestCaseError> {
     let _burn = crate::predict::learned::burn_test_lock();
     let (result, largest) = fuzzing::largest_allocation(|| parse(bytes));
     prop_assert!(
