@@ -333,6 +333,19 @@ pub fn spawn(mut brain: Brain, epoch: Duration) -> std::io::Result<thread::JoinH
         })
 }
 
+/// A brain with the EWMA predictor, 1 s epochs, no migration rate limit
+/// and default placement settings (tests of the brain and of replay).
+#[cfg(test)]
+pub(crate) fn ewma_brain(v: &Arc<Volume>) -> Brain {
+    Brain::new(
+        v.clone(),
+        crate::predict::load("ewma").unwrap(),
+        Duration::from_secs(1),
+        0.0,
+        PlacementSettings::default(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -536,13 +549,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let v = open(dir.path(), "tiering_enabled = false");
         v.write_at(0, &[1u8; 4096]).unwrap();
-        let mut brain = Brain::new(
-            v.clone(),
-            crate::predict::load("ewma").unwrap(),
-            Duration::from_secs(1),
-            0.0,
-            PlacementSettings::default(),
-        );
+        let mut brain = ewma_brain(&v);
         for _ in 0..3 {
             for _ in 0..50 {
                 v.record_access(false, 0, 4096, false);
@@ -569,13 +576,7 @@ mod tests {
         for (c, &s) in prior.scores().iter().enumerate() {
             v.set_score(c as u32, s);
         }
-        let mut brain = Brain::new(
-            v.clone(),
-            crate::predict::load("ewma").unwrap(),
-            Duration::from_secs(1),
-            0.0,
-            PlacementSettings::default(),
-        );
+        let mut brain = ewma_brain(&v);
         for c in 0..256u32 {
             v.write_at(c as u64 * CHUNK, &[1u8; 4096]).unwrap();
             v.record_access(true, c as u64 * CHUNK, 4096, false);
@@ -603,13 +604,7 @@ mod tests {
             v.write_at(c as u64 * CHUNK, &[c as u8 + 1; 4096]).unwrap();
         }
         assert!((0..4).all(|c| v.block_metadata(c).tier == Some(0)));
-        let mut brain = Brain::new(
-            v.clone(),
-            crate::predict::load("ewma").unwrap(),
-            Duration::from_secs(1),
-            0.0,
-            PlacementSettings::default(),
-        );
+        let mut brain = ewma_brain(&v);
         // Busy for three epochs: they stay on tier 0.
         for _ in 0..3 {
             for c in 0..4u32 {

@@ -284,6 +284,7 @@ impl Placer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::place::plan::tests::apply;
 
     fn placer(policy: TieringPolicy, n: usize, fast: usize) -> Placer {
         Placer::new(PlacerParams {
@@ -295,17 +296,6 @@ mod tests {
             chunk_size: 1 << 20,
             migration_mibps: 0.0,
         })
-    }
-
-    fn apply(current: &mut [u8], capacity: &[u64], plan: &Plan) {
-        for m in &plan.moves {
-            assert_eq!(current[m.chunk as usize], m.from, "{m:?}");
-            current[m.chunk as usize] = m.to;
-            for (t, &cap) in capacity.iter().enumerate() {
-                let used = current.iter().filter(|&&x| x as usize == t).count() as u64;
-                assert!(used <= cap, "tier {t} over capacity after {m:?}");
-            }
-        }
     }
 
     #[test]

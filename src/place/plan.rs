@@ -199,10 +199,12 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn apply(current: &mut [u8], capacity: &[u64], plan: &Plan) {
+    /// Applies `plan` to `current`, checking each move's source and that
+    /// no tier goes over its capacity on the way.
+    pub(in crate::place) fn apply(current: &mut [u8], capacity: &[u64], plan: &Plan) {
         for m in &plan.moves {
             assert_eq!(current[m.chunk as usize], m.from, "{m:?}");
             current[m.chunk as usize] = m.to;

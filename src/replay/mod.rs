@@ -284,12 +284,12 @@ pub fn replay_file(path: &Path, tiers: &[TierDefinition], cfg: &ReplayConfig) ->
 
 #[cfg(test)]
 mod tests {
-    use std::{sync::Arc, time::Duration};
+    use std::sync::Arc;
 
     use super::*;
     use crate::{
-        config::PlacementSettings, epoch::Brain, meta::Store, place::Move,
-        predict::learned::train::Rng, tier::TierSet, trace::Op, volume::Volume,
+        meta::Store, place::Move, predict::learned::train::Rng, tier::TierSet, trace::Op,
+        volume::Volume,
     };
 
     const SMALL_TIERS: &str = r#"
@@ -392,13 +392,7 @@ tiering_policy = "default"
             v.set_score(c, 0.0);
             v.write_at(c as u64 * CHUNK, &[1u8; 4096]).unwrap();
         }
-        let mut brain = Brain::new(
-            v.clone(),
-            crate::predict::load("ewma").unwrap(),
-            Duration::from_secs(1),
-            0.0,
-            PlacementSettings::default(),
-        );
+        let mut brain = crate::epoch::ewma_brain(&v);
         let mut daemon_plans = Vec::new();
         for ev in &epochs {
             for &c in ev {
