@@ -86,14 +86,13 @@ impl BlkBackend {
         self.num_queues as u16 + 1
     }
 
-    /// (thread index, completion eventfd) of each worker, for registration
-    /// in that thread's epoll.
-    pub fn completion_fds(&self) -> Vec<std::os::fd::RawFd> {
+    /// The completion eventfd of queue `index`'s worker, for its queue
+    /// thread's epoll.
+    pub fn completion_fd(&self, index: usize) -> Option<std::os::fd::RawFd> {
         use std::os::fd::AsRawFd;
         self.workers
-            .iter()
+            .get(index)
             .map(|w| lock(w).completion_fd().as_raw_fd())
-            .collect()
     }
 
     fn config(&self) -> [u8; CONFIG_SPACE_BYTES] {

@@ -43,7 +43,8 @@ struct Mapping {
     gpa: u64,
 }
 
-/// One queue: its vring and its thread.
+/// One queue: its vring and its thread (dropping it stops and joins the
+/// thread, which holds the last other references to the backend).
 struct Queue {
     vring: BlkVring,
     thread: QueueThread,
@@ -56,10 +57,6 @@ pub struct Handler {
     queues: Vec<Queue>,
     owned: bool,
     acked_features: u64,
-    acked_protocol_features: u64,
-    /// The front-end's inflight region; its mapping lives on in the
-    /// workers' trackers while they use it.
-    inflight: Option<Region>,
 }
 
 fn internal(e: impl std::fmt::Display) -> Error {
@@ -83,8 +80,6 @@ impl Handler {
             queues,
             owned: false,
             acked_features: 0,
-            acked_protocol_features: 0,
-            inflight: None,
         })
     }
 
@@ -159,7 +154,6 @@ impl VhostUserBackendReqHandlerMut for Handler {
     fn reset_owner(&mut self) -> Result<()> {
         self.owned = false;
         self.acked_features = 0;
-        self.acked_protocol_features = 0;
         Ok(())
     }
 
@@ -309,8 +303,9 @@ impl VhostUserBackendReqHandlerMut for Handler {
         Ok(self.backend.protocol_features())
     }
 
-    fn set_protocol_features(&mut self, features: u64) -> Result<()> {
-        self.acked_protocol_features = features;
+    fn set_protocol_features(&mut self, _features: u64) -> Result<()> {
+        // The vhost crate keeps the acknowledged set and checks messages
+        // against it; nothing here depends on it.
         Ok(())
     }
 
@@ -374,10 +369,10 @@ impl VhostUserBackendReqHandlerMut for Handler {
             msg.queue_size,
         )
         .map_err(Error::ReqHandlerError)?;
+        // Each queue's tracker keeps the mapping alive while it is used.
         for index in 0..self.queues.len() {
             self.backend.set_inflight(index, region.queue(index));
         }
-        self.inflight = Some(region);
         Ok(())
     }
 
@@ -447,15 +442,5 @@ impl VhostUserBackendReqHandlerMut for Handler {
 
     fn set_log_base(&mut self, _log: &VhostUserLog, _file: File) -> Result<()> {
         Err(Error::InvalidOperation("dirty logging is not supported"))
-    }
-}
-
-impl Drop for Handler {
-    fn drop(&mut self) {
-        // Queue threads stop (and join) before the backend's workers go.
-        self.queues.clear();
-        for index in 0..self.backend.num_queues() {
-            self.backend.set_inflight(index, None);
-        }
     }
 }

@@ -39,7 +39,9 @@ impl QueueThread {
         let epoll = Arc::new(Epoll::new()?);
         let wake = EventFd::new(EFD_NONBLOCK)?;
         let exit = EventFd::new(EFD_NONBLOCK)?;
-        let completion = backend.completion_fds()[index];
+        let completion = backend.completion_fd(index).ok_or_else(|| {
+            io::Error::other(format!("queue {index}: the backend has no such worker"))
+        })?;
         let add = |fd: RawFd, data: u64| {
             epoll.ctl(
                 ControlOperation::Add,

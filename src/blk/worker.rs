@@ -409,10 +409,46 @@ impl Worker {
         match request::parse(chain, &**mem, self.shared.limits, &mut self.bufs) {
             Err(r) => {
                 debug!("queue: rejecting request {head}: {}", r.reason);
-                complete_now(vring, mem, self.tracker.as_mut(), head, r.status, r.code, 0)
+                self.answer(vring, mem, head, r.status, r.code, 0)
             }
             Ok(req) => self.start(vring, mem, head, req),
         }
+    }
+
+    /// Writes the status byte (if any) and returns the chain to the guest,
+    /// through this queue's inflight tracking.
+    fn answer(
+        &mut self,
+        vring: &VringRwLock,
+        mem: &GuestMemory,
+        head: u16,
+        status: Option<GuestAddress>,
+        code: u8,
+        data_len: u32,
+    ) -> bool {
+        let mut len = 0;
+        if let Some(addr) = status {
+            if mem.write_obj(code, addr).is_ok() {
+                len = data_len + 1;
+            }
+        }
+        if let Some(t) = &self.tracker {
+            t.publishing(head);
+        }
+        if let Err(e) = vring.add_used(head, len) {
+            // A driver decides the head (one beyond the queue size cannot be
+            // returned): a hostile one must not fill the log.
+            if let Some(n) = count_for_log(&ADD_USED_ERRORS) {
+                warn!("queue: add_used({head}): {e} ({n} such errors so far)");
+            } else {
+                debug!("queue: add_used({head}): {e}");
+            }
+            return false;
+        }
+        if let Some(t) = &mut self.tracker {
+            t.published(head);
+        }
+        true
     }
 
     /// Hands this queue the front-end's inflight region (None: it gave
@@ -493,15 +529,7 @@ impl Worker {
                 field[..id.len()].copy_from_slice(id);
                 let n = write_stream(mem, &self.bufs.data, &field);
                 let st = if n.is_some() { ok } else { err };
-                return complete_now(
-                    vring,
-                    mem,
-                    self.tracker.as_mut(),
-                    head,
-                    Some(req.status),
-                    st,
-                    n.unwrap_or(0),
-                );
+                return self.answer(vring, mem, head, Some(req.status), st, n.unwrap_or(0));
             }
             Kind::Discard | Kind::WriteZeroes => {
                 let limits = self.shared.limits;
@@ -530,30 +558,14 @@ impl Worker {
                         }
                     }
                 };
-                return complete_now(
-                    vring,
-                    mem,
-                    self.tracker.as_mut(),
-                    head,
-                    Some(req.status),
-                    st,
-                    0,
-                );
+                return self.answer(vring, mem, head, Some(req.status), st, 0);
             }
         }
         let Some(idx) = self.free.pop() else {
             // More chains in flight than slots: only a misbehaving driver
             // reuses heads like that.
             debug!("queue: request {head}: more chains in flight than the queue size");
-            return complete_now(
-                vring,
-                mem,
-                self.tracker.as_mut(),
-                head,
-                Some(req.status),
-                err,
-                0,
-            );
+            return self.answer(vring, mem, head, Some(req.status), err, 0);
         };
         let slot = &mut self.slots[idx as usize];
         slot.head = head;
@@ -588,15 +600,7 @@ impl Worker {
         if !host_iovecs(mem, &self.bufs.data, &mut slot.host) {
             debug!("queue: request {head}: data buffer outside guest memory");
             self.free.push(idx);
-            return complete_now(
-                vring,
-                mem,
-                self.tracker.as_mut(),
-                head,
-                Some(req.status),
-                err,
-                0,
-            );
+            return self.answer(vring, mem, head, Some(req.status), err, 0);
         }
         let sequential = req.offset == self.last_end;
         self.last_end = req.offset + req.data_len;
@@ -614,15 +618,7 @@ impl Worker {
         if let Err(e) = mapped {
             warn!("{e}");
             self.free.push(idx);
-            return complete_now(
-                vring,
-                mem,
-                self.tracker.as_mut(),
-                head,
-                Some(req.status),
-                err,
-                0,
-            );
+            return self.answer(vring, mem, head, Some(req.status), err, 0);
         }
         volume.count_served(req.kind == Kind::Write, &slot.segs);
         slot.mem = Some(mem.clone());
@@ -946,15 +942,7 @@ impl Worker {
         let status = slot.status;
         self.free.push(idx);
         self.inflight.fetch_sub(1, Ordering::AcqRel);
-        complete_now(
-            vring,
-            &mem,
-            self.tracker.as_mut(),
-            head,
-            Some(status),
-            st,
-            len,
-        )
+        self.answer(vring, &mem, head, Some(status), st, len)
     }
 }
 
@@ -1040,41 +1028,6 @@ fn emulated_delay(volume: &Volume, segs: &[Segment], write: bool, started: Insta
         }
     }
     delay
-}
-
-/// Writes the status byte (if any) and returns the chain to the guest.
-fn complete_now(
-    vring: &VringRwLock,
-    mem: &GuestMemory,
-    tracker: Option<&mut QueueInflight>,
-    head: u16,
-    status: Option<GuestAddress>,
-    code: u8,
-    data_len: u32,
-) -> bool {
-    let mut len = 0;
-    if let Some(addr) = status {
-        if mem.write_obj(code, addr).is_ok() {
-            len = data_len + 1;
-        }
-    }
-    if let Some(t) = &tracker {
-        t.publishing(head);
-    }
-    if let Err(e) = vring.add_used(head, len) {
-        // A driver decides the head (one beyond the queue size cannot be
-        // returned): a hostile one must not fill the log.
-        if let Some(n) = count_for_log(&ADD_USED_ERRORS) {
-            warn!("queue: add_used({head}): {e} ({n} such errors so far)");
-        } else {
-            debug!("queue: add_used({head}): {e}");
-        }
-        return false;
-    }
-    if let Some(t) = tracker {
-        t.published(head);
-    }
-    true
 }
 
 /// Counts one more error in `counter`; returns the count when it should be
