@@ -8,18 +8,11 @@
 # every request must complete exactly once and none may hang, and fio then
 # reads back and verifies every block written.
 echo "@@PHASE1-DONE"
-echo "@@FIO-BEGIN inflight-out-of-order"
-fio --output-format=json --ioengine=libaio --direct=1 --filename=/dev/vda \
-    --iodepth=16 --cpus_allowed=0 \
-    --name=writer --rw=randwrite --bs=4k --offset=0 --size=16m \
+. /tests/lib.sh
+# The writer is run_fio's job; the reader a second job of the same fio.
+run_fio inflight-out-of-order --ioengine=libaio --iodepth=16 --cpus_allowed=0 \
+    --rw=randwrite --bs=4k --offset=0 --size=16m \
     --verify=crc32c --do_verify=1 --verify_fatal=1 --randseed=7 \
-    --name=hole-reader --rw=randread --bs=4k --offset=64m --size=16m \
-    --time_based=1 --runtime=20 \
-    > /tmp/fio.json 2> /tmp/fio.err
-rc=$?
-cat /tmp/fio.json
-echo "@@FIO-END inflight-out-of-order"
-if [ -s /tmp/fio.err ]; then
-    sed 's/^/@@FIO-STDERR /' /tmp/fio.err
-fi
-echo "@@FIO inflight-out-of-order rc=$rc"
+    --name=hole-reader --filename=$DEV --ioengine=libaio --direct=1 \
+    --iodepth=16 --cpus_allowed=0 --rw=randread --bs=4k --offset=64m --size=16m \
+    --time_based=1 --runtime=20
