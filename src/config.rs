@@ -456,6 +456,10 @@ pub struct PlacementSettings {
     /// Upper bound of chunk moves per epoch whatever the migration rate
     /// allows.
     pub max_moves_per_epoch: usize,
+    /// Between epochs, promote a chunk served from a slower tier into tier
+    /// 0 when the policy and the admission rule let it in (demand
+    /// promotion).
+    pub demand_promotion: bool,
 }
 
 impl Default for PlacementSettings {
@@ -468,6 +472,7 @@ impl Default for PlacementSettings {
             prefetch_margin: 0.2,
             plan_margin: 0.1,
             max_moves_per_epoch: 4096,
+            demand_promotion: true,
         }
     }
 }

@@ -3,8 +3,12 @@
 //! history, predicts the heat map, publishes it as allocation hints, saves
 //! it for a warm restart, asks the volume's [`Placer`] (the same engine
 //! `tierblk replay` drives) for the epoch's moves and carries them out with
-//! shadow-clone migrations under the migration rate limit. It never runs
-//! per I/O.
+//! shadow-clone migrations under the migration rate limit. Between epochs
+//! it takes the misses the data path posted (chunks served from a slower
+//! tier, [`crate::volume::misses`]) and promotes those the placer admits
+//! (demand promotion, [`Placer::on_miss`]), a few at a time, every
+//! [`MISS_POLL`]. It never runs per I/O, and the data path never waits
+//! for it.
 //!
 //! The thread is supervised: a panic in an epoch is caught, logged and
 //! counted ([`BrainHealth`]), and the next epoch runs as usual; after
@@ -35,8 +39,15 @@ use crate::{
     volume::Volume,
 };
 
-/// Panicking epochs in a row after which the brain stops tiering its volume.
+/// Panicking steps (epochs or rounds of misses) in a row after which the
+/// brain stops tiering its volume.
 pub const MAX_CONSECUTIVE_PANICS: u32 = 5;
+
+/// How often the brain looks for misses between epochs.
+pub const MISS_POLL: Duration = Duration::from_millis(10);
+
+/// Most misses taken in one round, so a round never delays an epoch long.
+const MISSES_PER_ROUND: usize = 64;
 
 /// How a brain thread fares, shared with whoever watches it (get it with
 /// [`Brain::health`] before [`spawn`]).
@@ -65,6 +76,7 @@ impl BrainHealth {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EpochReport {
     pub epoch: u32,
+    /// Moves of the epoch's plan, and what came of them.
     pub planned: usize,
     pub promoted: usize,
     pub demoted: usize,
@@ -72,6 +84,31 @@ pub struct EpochReport {
     pub failed: usize,
     /// Promotions of chunks with no access in the epoch before.
     pub prefetched: usize,
+    /// Demand promotion since the epoch before.
+    pub demand: DemandReport,
+}
+
+/// What demand promotion did between two epochs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DemandReport {
+    /// Misses taken from the volume's queue.
+    pub misses: usize,
+    /// Chunks promoted into tier 0 on a miss.
+    pub promoted: usize,
+    /// Tier-0 chunks they displaced, moved to a slower tier.
+    pub demoted: usize,
+    pub skipped: usize,
+    pub failed: usize,
+}
+
+/// What came of a list of moves.
+#[derive(Debug, Default)]
+struct Tally {
+    promoted: usize,
+    demoted: usize,
+    skipped: usize,
+    failed: usize,
+    prefetched: usize,
 }
 
 pub struct Brain {
@@ -86,6 +123,8 @@ pub struct Brain {
     epoch_secs: f64,
     /// The moves the last epoch planned, in order.
     last_plan: Vec<Move>,
+    /// Demand promotion since the last epoch.
+    demand: DemandReport,
     health: Arc<BrainHealth>,
 }
 
@@ -119,6 +158,7 @@ impl Brain {
             placer,
             epoch_secs: epoch.as_secs_f64(),
             last_plan: Vec::new(),
+            demand: DemandReport::default(),
             history: History::new(n),
             predictor,
             heat,
@@ -134,11 +174,17 @@ impl Brain {
         Arc::clone(&self.health)
     }
 
-    /// Runs one epoch, catching a panic in it: logs it with the volume's
-    /// name and message and counts it. `consecutive` counts the panicking
-    /// epochs in a row; Break once there were MAX_CONSECUTIVE_PANICS.
-    fn supervised_epoch(&mut self, consecutive: &mut u32) -> ControlFlow<()> {
-        let start = Instant::now();
+    /// Runs one step of the brain (an epoch, or a round of misses),
+    /// catching a panic in it: logs it with the volume's name and message
+    /// and counts it. `consecutive` counts the panicking steps in a row;
+    /// Break once there were MAX_CONSECUTIVE_PANICS; Continue(None) after a
+    /// caught panic.
+    fn supervised<T>(
+        &mut self,
+        what: &str,
+        consecutive: &mut u32,
+        step: impl FnOnce(&mut Self) -> T,
+    ) -> ControlFlow<(), Option<T>> {
         // AssertUnwindSafe: after a panic the brain's own state may be half
         // updated, and nothing needs it whole. The history at worst misses
         // or half-counts one epoch's accesses, which only shifts advisory
@@ -151,29 +197,12 @@ impl Brain {
         // update before it can panic) and whose atomics are never half
         // written; a migration a panic interrupts is ended by migrate_chunk's
         // unwind guard, so no chunk stays held.
-        let outcome = panic::catch_unwind(AssertUnwindSafe(|| self.run_epoch()));
+        let outcome = panic::catch_unwind(AssertUnwindSafe(|| step(self)));
         let name = self.volume.name();
         match outcome {
             Ok(r) => {
                 *consecutive = 0;
-                crate::stats::publish(&self.volume, &r);
-                let level = if r.promoted + r.demoted + r.failed > 0 {
-                    log::Level::Info
-                } else {
-                    log::Level::Debug
-                };
-                log::log!(
-                    level,
-                    "volume '{name}': epoch {} ({:?}): {} moves planned, {} promoted, {} demoted, {} skipped, {} failed",
-                    r.epoch,
-                    start.elapsed(),
-                    r.planned,
-                    r.promoted,
-                    r.demoted,
-                    r.skipped,
-                    r.failed
-                );
-                ControlFlow::Continue(())
+                ControlFlow::Continue(Some(r))
             }
             Err(payload) => {
                 *consecutive += 1;
@@ -181,7 +210,7 @@ impl Brain {
                 if *consecutive >= MAX_CONSECUTIVE_PANICS {
                     self.health.stopped.store(true, Ordering::Relaxed);
                     error!(
-                        "volume '{name}': brain panicked in {consecutive} epochs in a row (last: {msg}); \
+                        "volume '{name}': brain panicked in {consecutive} steps in a row (last, in {what}: {msg}); \
                          tiering of this volume is STOPPED until the daemon restarts \
                          (the volume keeps serving I/O; its chunks stay where they are)"
                     );
@@ -189,13 +218,47 @@ impl Brain {
                 }
                 let total = self.health.restarts.fetch_add(1, Ordering::Relaxed) + 1;
                 error!(
-                    "volume '{name}': brain panicked in an epoch: {msg}; epoch skipped, going on \
+                    "volume '{name}': brain panicked in {what}: {msg}; skipped, going on \
                      ({consecutive} in a row, {total} in all; tiering stops after \
                      {MAX_CONSECUTIVE_PANICS} in a row)"
                 );
-                ControlFlow::Continue(())
+                ControlFlow::Continue(None)
             }
         }
+    }
+
+    /// Runs one epoch, supervised, then publishes and logs what it did.
+    fn supervised_epoch(&mut self, consecutive: &mut u32) -> ControlFlow<()> {
+        let start = Instant::now();
+        let Some(r) = self.supervised("an epoch", consecutive, Self::run_epoch)? else {
+            return ControlFlow::Continue(());
+        };
+        crate::stats::publish(&self.volume, &r);
+        let d = &r.demand;
+        let level = if r.promoted + r.demoted + r.failed + d.promoted + d.failed > 0 {
+            log::Level::Info
+        } else {
+            log::Level::Debug
+        };
+        log::log!(
+            level,
+            "volume '{}': epoch {} ({:?}): {} moves planned, {} promoted, {} demoted, {} skipped, {} failed; \
+             since the epoch before: {} misses, {} promoted on demand, {} displaced, {} skipped, {} failed",
+            self.volume.name(),
+            r.epoch,
+            start.elapsed(),
+            r.planned,
+            r.promoted,
+            r.demoted,
+            r.skipped,
+            r.failed,
+            d.misses,
+            d.promoted,
+            d.demoted,
+            d.skipped,
+            d.failed,
+        );
+        ControlFlow::Continue(())
     }
 
     /// Runs one epoch now.
@@ -213,6 +276,7 @@ impl Brain {
         }
         let mut report = EpochReport {
             epoch: self.history.epoch(),
+            demand: std::mem::take(&mut self.demand),
             ..Default::default()
         };
         self.last_plan.clear();
@@ -254,17 +318,88 @@ impl Brain {
         let moves = moves.moves;
         report.planned = moves.len();
         self.last_plan.clone_from(&moves);
+        let t = self.carry_out(&moves, true);
+        report.promoted = t.promoted;
+        report.demoted = t.demoted;
+        report.skipped = t.skipped;
+        report.failed = t.failed;
+        report.prefetched = t.prefetched;
+        report
+    }
+
+    /// Takes up to `max` misses the data path posted and promotes those
+    /// the placer admits (displacing a tier-0 chunk when it says so).
+    /// Returns how many misses it took (0: none waiting). Misses of a
+    /// volume without tiering, or with `placement.demand_promotion` off,
+    /// are taken and dropped.
+    pub fn serve_misses(&mut self, max: usize) -> usize {
+        let volume = Arc::clone(&self.volume);
+        let v = &*volume;
+        let enabled =
+            v.metadata().tiering_enabled && self.placer.params().settings.demand_promotion;
+        let ids = v.tiers().ids();
+        let cs = v.chunk_size();
+        let mut taken = 0;
+        let mut moved = false;
+        while taken < max {
+            let Some(chunk) = v.misses().pop() else {
+                break;
+            };
+            taken += 1;
+            if !enabled {
+                continue;
+            }
+            let from = v
+                .chunk_map()
+                .get(chunk)
+                .and_then(|m| ids.iter().position(|&i| i == m.tier));
+            let Some(from) = from.filter(|&t| t > 0) else {
+                continue;
+            };
+            let room = |t: usize| {
+                v.tiers().get(ids[t]).is_some_and(|tier| {
+                    let (used, total) = tier.usage();
+                    total.saturating_sub(used) >= cs
+                })
+            };
+            let score = self.heat.score(chunk as usize);
+            let plan = self.placer.on_miss(chunk, from, score, &self.heat, room);
+            let t = self.carry_out(&plan.moves, false);
+            moved |= t.promoted + t.demoted > 0;
+            let d = &mut self.demand;
+            d.promoted += t.promoted;
+            d.demoted += t.demoted;
+            d.skipped += t.skipped;
+            d.failed += t.failed;
+        }
+        self.demand.misses += taken;
+        if moved {
+            if let Err(e) = v.flush() {
+                warn!("volume '{}': committing promotions: {e}", v.name());
+            }
+        }
+        taken
+    }
+
+    /// Carries out `moves` in order (tiers as fastest-first indexes),
+    /// telling the placer of each that did not happen. `planned`: moves of
+    /// an epoch's plan (a promotion of a chunk idle in the epoch before is
+    /// a prefetch), not of a miss.
+    fn carry_out(&mut self, moves: &[Move], planned: bool) -> Tally {
+        let v = &*self.volume;
+        let ids = v.tiers().ids();
+        let mut t = Tally::default();
         for (i, m) in moves.iter().enumerate() {
             let to = ids[m.to as usize];
             match migrate::migrate_chunk(v, m.chunk, to, &mut self.limiter) {
                 Ok(Outcome::Moved { .. }) => {
                     if m.to < m.from {
-                        report.promoted += 1;
-                        if self.history.count(m.chunk as usize, 0) == 0 {
-                            report.prefetched += 1;
+                        t.promoted += 1;
+                        if planned && self.history.count(m.chunk as usize, 0) == 0 {
+                            t.prefetched += 1;
                         }
                     } else {
-                        report.demoted += 1;
+                        t.demoted += 1;
                     }
                     // The old extent is free only once the switch is
                     // committed; the plan counts on its room for a later
@@ -282,22 +417,23 @@ impl Brain {
                         v.name(),
                         m.chunk
                     );
-                    report.skipped += 1;
+                    t.skipped += 1;
                 }
                 Err(e) => {
+                    self.placer.skipped(m);
                     warn!("volume '{}': {e}", v.name());
-                    report.failed += 1;
+                    t.failed += 1;
                 }
             }
         }
-        if report.promoted + report.demoted > 0 {
+        if planned && t.promoted + t.demoted > 0 {
             // Make this epoch's switches durable and free the old extents,
             // whether or not the guest flushes.
             if let Err(e) = v.flush() {
                 warn!("volume '{}': committing migrations: {e}", v.name());
             }
         }
-        report
+        t
     }
 
     /// The moves the last epoch planned, in order (tiers as fastest-first
@@ -316,17 +452,30 @@ fn panic_message(payload: &(dyn Any + Send)) -> &str {
         .unwrap_or("(panic without a message)")
 }
 
-/// Starts the brain thread of a volume: one epoch every `epoch`, each
-/// supervised (see [`BrainHealth`]). The thread ends only when the brain
-/// gives up after [`MAX_CONSECUTIVE_PANICS`] panicking epochs in a row.
+/// Starts the brain thread of a volume: one epoch every `epoch`, and
+/// rounds of misses in between, each supervised (see [`BrainHealth`]).
+/// The thread ends only when the brain gives up after
+/// [`MAX_CONSECUTIVE_PANICS`] panicking steps in a row.
 pub fn spawn(mut brain: Brain, epoch: Duration) -> std::io::Result<thread::JoinHandle<()>> {
     thread::Builder::new()
         .name(format!("brain-{}", brain.volume.name()))
         .spawn(move || {
-            let mut consecutive = 0;
+            // Epochs and rounds of misses each count their own run of
+            // panics: a round that works says nothing of the epochs.
+            let (mut epochs, mut rounds) = (0, 0);
             loop {
-                thread::sleep(epoch);
-                if brain.supervised_epoch(&mut consecutive).is_break() {
+                let deadline = Instant::now() + epoch;
+                while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+                    let taken = brain.supervised("a round of misses", &mut rounds, |b| {
+                        b.serve_misses(MISSES_PER_ROUND)
+                    });
+                    match taken {
+                        ControlFlow::Break(()) => return,
+                        ControlFlow::Continue(Some(n)) if n > 0 => {}
+                        _ => thread::sleep(left.min(MISS_POLL)),
+                    }
+                }
+                if brain.supervised_epoch(&mut epochs).is_break() {
                     return;
                 }
             }
@@ -542,6 +691,76 @@ mod tests {
         let mut buf = [0u8; 8192];
         v.read_at(0, &mut buf).unwrap();
         assert!(buf[..4096].iter().all(|&b| b == 9) && buf[4096..].iter().all(|&b| b == 8));
+    }
+
+    #[test]
+    fn missed_chunks_are_promoted_between_epochs_displacing_the_least_recent() {
+        let dir = tempfile::tempdir().unwrap();
+        // Tier 0 holds 4 of the 64 KiB chunks.
+        let v = open(dir.path(), "");
+        for c in 0..8u32 {
+            v.set_score(c, 0.0);
+            v.write_at(c as u64 * CHUNK, &[c as u8 + 1; 4096]).unwrap();
+            v.set_score(c, 0.9);
+        }
+        assert!((0..8).all(|c| v.block_metadata(c).tier == Some(2)));
+        let mut brain = ewma_brain(&v);
+        assert_eq!(brain.serve_misses(64), 0, "nothing posted");
+        for c in 0..6u32 {
+            v.misses().post(c);
+        }
+        assert_eq!(brain.serve_misses(64), 6);
+        let on_0: Vec<u32> = (0..8)
+            .filter(|&c| v.block_metadata(c).tier == Some(0))
+            .collect();
+        assert_eq!(on_0.len(), 4, "{on_0:?}");
+        assert!(
+            on_0.contains(&4) && on_0.contains(&5),
+            "latest misses in: {on_0:?}"
+        );
+        let r = brain.run_epoch();
+        assert_eq!(
+            r.demand,
+            DemandReport {
+                misses: 6,
+                promoted: 6,
+                demoted: 2,
+                skipped: 0,
+                failed: 0
+            }
+        );
+        assert_eq!(brain.run_epoch().demand, DemandReport::default());
+        let mut buf = [0u8; 4096];
+        for c in 0..8u32 {
+            v.read_at(c as u64 * CHUNK, &mut buf).unwrap();
+            assert!(buf.iter().all(|&b| b == c as u8 + 1), "chunk {c} data");
+        }
+    }
+
+    #[test]
+    fn misses_are_dropped_without_demand_promotion_or_tiering() {
+        for (extra, demand) in [("", false), ("tiering_enabled = false", true)] {
+            let dir = tempfile::tempdir().unwrap();
+            let v = open(dir.path(), extra);
+            v.set_score(0, 0.0);
+            v.write_at(0, &[1u8; 4096]).unwrap();
+            v.set_score(0, 1.0);
+            let settings = PlacementSettings {
+                demand_promotion: demand,
+                ..Default::default()
+            };
+            let mut brain = Brain::new(
+                v.clone(),
+                crate::predict::load("ewma").unwrap(),
+                Duration::from_secs(1),
+                0.0,
+                settings,
+            );
+            v.misses().post(0);
+            assert_eq!(brain.serve_misses(64), 1);
+            assert_eq!(v.misses().pop(), None);
+            assert_eq!(v.block_metadata(0).tier, Some(2), "{extra} {demand}");
+        }
     }
 
     #[test]

@@ -98,11 +98,17 @@ struct ReplayArgs {
     /// `daemon.migration_mibps`.
     #[arg(long)]
     migration_mibps: Option<f64>,
-    /// Also promote a chunk into tier 0 on each miss, as the daemon will
-    /// once demand promotion lands (it does not yet: without this flag
-    /// replay runs what the daemon runs).
-    #[arg(long)]
-    demand_promotion: bool,
+    /// Overrides `placement.demand_promotion` (default true, as the
+    /// daemon runs): also promote a chunk into tier 0 when it is accessed
+    /// on a slower tier and the placer admits it.
+    #[arg(long, value_name = "BOOL")]
+    demand_promotion: Option<bool>,
+    /// Start tierblk's runs from the volume `tierblk play --prefill`
+    /// leaves: every chunk the slice touches written once, in address
+    /// order, placed by the allocation hint, one epoch before the trace
+    /// (default: every chunk starts on the slowest tier).
+    #[arg(long, conflicts_with = "epoch_requests")]
+    prefill: bool,
     /// Start at this share of the trace (0.5: replay the second half only).
     #[arg(long, default_value_t = 0.0)]
     from: f64,
@@ -126,10 +132,10 @@ struct ReplayArgs {
     /// as the protected recency segment.
     #[arg(long)]
     protected_share: Option<f64>,
-    /// Overrides `placement.admit_slack` (with --demand-promotion): a
-    /// missing chunk is promoted unless its score is below the victim's by
-    /// more than this (1 = always, like LRU).
-    #[arg(long, requires = "demand_promotion")]
+    /// Overrides `placement.admit_slack` (demand promotion): a missing
+    /// chunk is promoted unless its score is below the victim's by more
+    /// than this (1 = always, like LRU).
+    #[arg(long)]
     admit_slack: Option<f32>,
     /// Overrides `placement.prefetch_min`: lowest score a chunk needs to
     /// be prefetched at an epoch boundary (above 1: no prefetch).
@@ -201,6 +207,13 @@ struct PlayArgs {
     /// Play at most N requests.
     #[arg(long, value_name = "N")]
     max_requests: Option<u64>,
+    /// First give the volume the data the trace assumes exists: right
+    /// after an epoch ends, write 4 KiB at the start of every chunk the
+    /// slice touches (address order; the allocation hint places them),
+    /// then play from the next epoch. `tierblk replay --prefill` models
+    /// the same start. Needs the stats file (--config or --stats).
+    #[arg(long)]
+    prefill: bool,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -243,6 +256,7 @@ impl TryFrom<PlayArgs> for PlayConfig {
             max_requests: a.max_requests,
             stats,
             stats_timeout,
+            prefill: a.prefill,
         })
     }
 }
@@ -358,13 +372,14 @@ fn run(cli: Cli) -> tierblk::Result<()> {
             if let Some(m) = a.migration_mibps {
                 cfg.migration_mibps = m;
             }
-            cfg.demand_promotion = a.demand_promotion;
+            cfg.prefill = a.prefill;
             cfg.from_fraction = a.from;
             cfg.max_requests = a.max_requests;
             cfg.tiering_policy = a.policy;
             let p = &mut cfg.placement;
             p.protected_share = a.protected_share.unwrap_or(p.protected_share);
             p.admit_slack = a.admit_slack.unwrap_or(p.admit_slack);
+            p.demand_promotion = a.demand_promotion.unwrap_or(p.demand_promotion);
             p.prefetch_min = a.prefetch_min.unwrap_or(p.prefetch_min);
             p.prefetch_margin = a.prefetch_margin.unwrap_or(p.prefetch_margin);
             p.plan_margin = a.plan_margin.unwrap_or(p.plan_margin);

@@ -61,6 +61,7 @@ pub struct VolumeCounters {
     promotions: AtomicU64,
     demotions: AtomicU64,
     prefetches: AtomicU64,
+    demand_promotions: AtomicU64,
     published: AtomicU64,
     last_publish_ms: AtomicU64,
     opened_ms: u64,
@@ -78,6 +79,7 @@ impl Default for VolumeCounters {
             promotions: AtomicU64::new(0),
             demotions: AtomicU64::new(0),
             prefetches: AtomicU64::new(0),
+            demand_promotions: AtomicU64::new(0),
             published: AtomicU64::new(0),
             last_publish_ms: AtomicU64::new(0),
             opened_ms: unix_ms(SystemTime::now()),
@@ -100,11 +102,16 @@ impl VolumeCounters {
         c.fetch_add(1, Relaxed);
     }
 
-    /// Adds one epoch's migrations.
+    /// Adds one epoch's migrations: its plan's and the demand promotions
+    /// since the epoch before.
     pub fn add_epoch(&self, r: &EpochReport) {
-        self.promotions.fetch_add(r.promoted as u64, Relaxed);
-        self.demotions.fetch_add(r.demoted as u64, Relaxed);
+        let d = &r.demand;
+        self.promotions
+            .fetch_add((r.promoted + d.promoted) as u64, Relaxed);
+        self.demotions
+            .fetch_add((r.demoted + d.demoted) as u64, Relaxed);
         self.prefetches.fetch_add(r.prefetched as u64, Relaxed);
+        self.demand_promotions.fetch_add(d.promoted as u64, Relaxed);
     }
 }
 
@@ -143,12 +150,20 @@ pub struct VolumeStats {
     /// Accesses served by tier 0 over all accesses (0 when none), as
     /// `tierblk replay` counts it.
     pub fast_hit_ratio: f64,
-    /// Bytes moved to a faster tier (any, not only tier 0) / to a slower one.
+    /// Bytes moved to a faster tier (any, not only tier 0) / to a slower one,
+    /// by the epochs' plans and by demand promotion.
     pub bytes_promoted: u64,
     pub bytes_demoted: u64,
     /// Promotions of chunks that had no access in the epoch before: moved
     /// on the prediction alone (replay counts them the same way).
     pub prefetches: u64,
+    /// Chunks promoted into tier 0 because they were served from a slower
+    /// tier (demand promotion; included in `bytes_promoted`).
+    pub demand_promotions: u64,
+    /// Misses the data path posted for demand promotion, and those it
+    /// dropped because the volume's queue was full.
+    pub misses_posted: u64,
+    pub misses_dropped: u64,
     /// Where the volume's allocated chunks are now, fastest tier first.
     pub chunks_per_tier: Vec<TierChunks>,
     /// Monthly cost of the current placement (`cost_per_gb` of each tier).
@@ -240,6 +255,9 @@ pub fn snapshot(v: &Volume) -> VolumeStats {
         bytes_promoted: c.promotions.load(Relaxed) * cs,
         bytes_demoted: c.demotions.load(Relaxed) * cs,
         prefetches: c.prefetches.load(Relaxed),
+        demand_promotions: c.demand_promotions.load(Relaxed),
+        misses_posted: v.misses().posted(),
+        misses_dropped: v.misses().dropped(),
         chunks_per_tier: defs
             .iter()
             .zip(&chunks)
@@ -346,8 +364,15 @@ mod tests {
             promoted: 2,
             demoted: 1,
             prefetched: 1,
+            demand: crate::epoch::DemandReport {
+                misses: 5,
+                promoted: 1,
+                demoted: 1,
+                ..Default::default()
+            },
             ..Default::default()
         };
+        v.misses().post(3);
         publish(&v, &r);
         let path = stats_path(&dir.path().join("state"), "v");
         let s = VolumeStats::load(&path).unwrap();
@@ -355,8 +380,9 @@ mod tests {
         assert_eq!(s.accesses(), 4);
         assert_eq!((s.read_accesses_fast, s.read_accesses_other), (1, 2));
         assert!((s.fast_hit_ratio - 0.5).abs() < 1e-12, "{s:?}");
-        assert_eq!((s.bytes_promoted, s.bytes_demoted), (2 * 65536, 65536));
-        assert_eq!(s.prefetches, 1);
+        assert_eq!((s.bytes_promoted, s.bytes_demoted), (3 * 65536, 2 * 65536));
+        assert_eq!((s.prefetches, s.demand_promotions), (1, 1));
+        assert_eq!((s.misses_posted, s.misses_dropped), (1, 0));
         let on: Vec<u64> = s.chunks_per_tier.iter().map(|t| t.chunks).collect();
         assert_eq!(on.len(), 2);
         assert_eq!(on[0] + on[1], 6);

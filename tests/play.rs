@@ -169,3 +169,134 @@ fn bad_play_options_and_inputs_are_named_in_errors() {
         "line 2",
     );
 }
+
+/// Plays `args` against `d`'s only volume with `--prefill --json`.
+fn play_prefilled(d: &Daemon, args: &[&str]) -> serde_json::Value {
+    let mut all = vec![
+        "play",
+        "--config",
+        d.config.to_str().unwrap(),
+        "--prefill",
+        "--json",
+    ];
+    all.extend_from_slice(args);
+    let (ok, out, err) = tierblk(&all);
+    assert!(ok, "play failed: {err}\n{}", d.log());
+    serde_json::from_str(&out).unwrap()
+}
+
+/// Issue 11, proof (a) and (b) on a short slice: the daemon, played a
+/// slice of a real trace on emulated tiers, reaches the fast-tier hit
+/// ratio `tierblk replay` predicts for the same slice and settings (the
+/// daemon's clock in trace time), and its guest-side mean latency is
+/// below the same daemon with tiering off.
+#[test]
+fn prefilled_play_reaches_the_replayed_hit_ratio_and_beats_no_tiering() {
+    const SPEED: f64 = 4.0;
+    const EPOCH_SECS: f64 = 2.5;
+    const MIGRATION_MIBPS: f64 = 64.0;
+    const SLICE: [&str; 4] = ["--start", "0", "--duration", "60"];
+    let tiers = vec![
+        TierSpec {
+            capacity: 4 * MIB,
+            emulate: "{ read_latency_us = 90, write_latency_us = 30 }",
+        },
+        TierSpec {
+            capacity: 16 * MIB,
+            emulate: "{ read_latency_us = 250, write_latency_us = 80 }",
+        },
+        TierSpec {
+            capacity: 512 * MIB,
+            emulate: "{ read_latency_us = 4000, write_latency_us = 4000 }",
+        },
+    ];
+    let trace = vendored("msr_hm_0_excerpt.csv");
+    let t = trace.to_str().unwrap();
+    let speed = SPEED.to_string();
+    let mut play = SLICE.to_vec();
+    play.extend(["--trace", t, "--speed", &speed, "--qd", "16"]);
+    let run = |extra: &'static str| {
+        let dir = tempfile::tempdir().unwrap();
+        let vol = VolumeSpec {
+            // The excerpt's device spans 13.6 GB: nothing wraps.
+            size: 14 << 30,
+            extra,
+            ..VolumeSpec::default()
+        };
+        let config = write_config(dir.path(), &tiers, &[vol]);
+        let text = std::fs::read_to_string(&config).unwrap().replace(
+            "epoch_secs = 1\n",
+            &format!("epoch_secs = {EPOCH_SECS}\nmigration_mibps = {MIGRATION_MIBPS}\n"),
+        );
+        std::fs::write(&config, text).unwrap();
+        let d = Daemon::start_at(dir, config);
+        let r = play_prefilled(&d, &play);
+        (d, r)
+    };
+    let (tiered_daemon, tiered) =
+        run("prediction_model = \"ewma\"\ntiering_policy = \"performance-optimized\"");
+    let (_, flat) = run("prediction_model = \"ewma\"\ntiering_enabled = false");
+    let hit = tiered["daemon"]["fast_hit_ratio"].as_f64().unwrap();
+    let mean = |r: &serde_json::Value| r["all"]["mean_us"].as_f64().unwrap();
+    assert!(
+        tiered["prefilled_chunks"].as_u64().unwrap() > 100,
+        "{tiered}"
+    );
+
+    // The replay of the same requests (trace seconds 0..60) on the same
+    // tiers, the daemon's epoch and migration rate in trace time.
+    let dir = tempfile::tempdir().unwrap();
+    let sliced = dir.path().join("slice.csv");
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let mut lines = text.lines();
+    let mut kept = vec![lines.next().unwrap()];
+    kept.extend(lines.filter(|l| l.split(',').next().unwrap().parse::<f64>().unwrap() < 60.0));
+    std::fs::write(&sliced, kept.join("\n") + "\n").unwrap();
+    let epoch = (EPOCH_SECS * SPEED).to_string();
+    let rate = (MIGRATION_MIBPS / SPEED).to_string();
+    let args = [
+        "replay",
+        "--config",
+        tiered_daemon.config.to_str().unwrap(),
+        "--trace",
+        sliced.to_str().unwrap(),
+        "--chunk-size",
+        "64KiB",
+        "--fast-fraction",
+        "0",
+        "--epoch-secs",
+        &epoch,
+        "--migration-mibps",
+        &rate,
+        "--policy",
+        "performance-optimized",
+        "--models",
+        "ewma",
+        "--compare",
+        "none",
+        "--prefill",
+        "--json",
+    ];
+    let (ok, out, err) = tierblk(&args);
+    assert!(ok, "replay failed: {err}");
+    let rep: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let replayed = rep["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["policy"] == "tierblk-ewma")
+        .unwrap()["hit_ratio"]
+        .as_f64()
+        .unwrap();
+    eprintln!(
+        "daemon hit ratio {hit:.4}, replay {replayed:.4}; guest mean latency tiered {:.1} µs, \
+         tiering off {:.1} µs",
+        mean(&tiered),
+        mean(&flat)
+    );
+    assert!(
+        (hit - replayed).abs() <= 0.06,
+        "daemon {hit:.4} vs replay {replayed:.4}\n{tiered}\n{out}"
+    );
+    assert!(mean(&tiered) < mean(&flat), "{tiered}\n{flat}");
+}

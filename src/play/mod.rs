@@ -10,6 +10,12 @@
 //! a request whose time has come while `qd` are in flight waits for a slot
 //! (the report gives the largest such lag). Writes carry
 //! [`layout::fill_pattern`]'s pattern.
+//!
+//! With `prefill`, the volume first gets the data the trace assumes
+//! exists: right after an epoch ends, every chunk the slice touches is
+//! written once (4 KiB at its start, in address order, so the daemon's
+//! allocation hint places it), and the play starts as the next epoch
+//! begins; `tierblk replay --prefill` models the same start.
 
 pub mod layout;
 mod report;
@@ -86,6 +92,9 @@ pub struct PlayConfig {
     /// How long to wait for a stats snapshot (None: three epochs and 5 s,
     /// or 30 s while the epoch length is unknown).
     pub stats_timeout: Option<Duration>,
+    /// Write every chunk the slice touches before playing (needs `stats`:
+    /// the chunk size and the epoch boundaries come from it).
+    pub prefill: bool,
 }
 
 impl PlayConfig {
@@ -114,6 +123,13 @@ impl PlayConfig {
         }
         if self.max_requests == Some(0) {
             return bad("--max-requests 0: must be at least 1".into());
+        }
+        if self.prefill && self.stats.is_none() {
+            return bad(
+                "--prefill needs the daemon's stats file (give --config or --stats): it \
+                 tells the chunk size and when an epoch ends"
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -248,6 +264,74 @@ fn scan(cfg: &PlayConfig) -> Result<Scan> {
     Ok(s)
 }
 
+/// The volume chunks (indexes, ascending) the slice's requests touch, as
+/// laid out.
+fn touched_chunks(cfg: &PlayConfig, layout: &layout::Layout, chunk_size: u64) -> Result<Vec<u64>> {
+    let mut touched = std::collections::BTreeSet::new();
+    for r in slice(cfg)? {
+        let r = r?;
+        let (off, len, _) = layout.map(r.dev, r.offset, r.len);
+        touched.extend(off / chunk_size..(off + len).div_ceil(chunk_size));
+    }
+    Ok(touched.into_iter().collect())
+}
+
+/// Bytes the prefill writes at the start of each chunk.
+const PREFILL_BYTES: u64 = 4096;
+
+/// Writes [`PREFILL_BYTES`] of the play pattern at the start of each of
+/// `chunks`, in order, `qd` at a time.
+fn write_starts(
+    client: &mut Client,
+    socket: &Path,
+    chunks: &[u64],
+    chunk_size: u64,
+    qd: usize,
+    buf_len: usize,
+) -> Result<()> {
+    let len = PREFILL_BYTES.min(chunk_size).min(buf_len as u64) as usize;
+    let io = |message: String| Error::Io {
+        socket: socket.to_path_buf(),
+        message,
+    };
+    let mut comps: Vec<MaybeUninit<Completion>> = (0..qd).map(|_| MaybeUninit::uninit()).collect();
+    let mut free: Vec<usize> = (0..qd).collect();
+    let mut next = chunks.iter();
+    let mut in_flight = 0;
+    loop {
+        while let Some(&slot) = free.last() {
+            let Some(&c) = next.next() else { break };
+            free.pop();
+            let off = c * chunk_size;
+            let at = slot * buf_len;
+            layout::fill_pattern(client.buf_mut(at, len), off);
+            let p = client.ptr(at);
+            client.queues[0].write(off, p, len, slot, ReqFlags::empty());
+            in_flight += 1;
+        }
+        if in_flight == 0 {
+            return Ok(());
+        }
+        let done = client::wait_some(&mut client.queues[0], &mut comps, STALL_TIMEOUT)
+            .map_err(|e| io(format!("prefill: {}", e.message())))?;
+        if done.is_empty() {
+            return Err(io(format!(
+                "prefill: {in_flight} writes still in flight after {STALL_TIMEOUT:?}"
+            )));
+        }
+        for c in done {
+            if c.ret != 0 {
+                return Err(io(format!(
+                    "prefill: a write failed: {}",
+                    std::io::Error::from_raw_os_error(-c.ret)
+                )));
+            }
+            free.push(c.user_data);
+            in_flight -= 1;
+        }
+    }
+}
+
 fn unix_ms_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -353,11 +437,22 @@ pub fn play(cfg: &PlayConfig) -> Result<PlayReport> {
         });
     }
     let layout = layout::Layout::new(&scan.spans, capacity);
-    let before = match &cfg.stats {
+    let mut before = match &cfg.stats {
         Some(p) => Some(wait_stats(p, 0, stats_timeout(cfg, None))?),
         None => None,
     };
     let chunk_size = before.as_ref().map(|s| s.chunk_size).filter(|&c| c > 0);
+    let mut prefilled = None;
+    if let (true, Some(path), Some(cs)) = (cfg.prefill, &cfg.stats, chunk_size) {
+        // Start at an epoch boundary, so the prefill's accesses fall in
+        // one epoch (when it is shorter than one), and play from the next.
+        let timeout = stats_timeout(cfg, before.as_ref());
+        wait_stats(path, unix_ms_now(), timeout)?;
+        let chunks = touched_chunks(cfg, &layout, cs)?;
+        write_starts(&mut client, &cfg.socket, &chunks, cs, cfg.qd, buf_len)?;
+        prefilled = Some(chunks.len() as u64);
+        before = Some(wait_stats(path, unix_ms_now(), timeout)?);
+    }
 
     let mut reads = OpStats::new();
     let mut writes = OpStats::new();
@@ -528,6 +623,7 @@ pub fn play(cfg: &PlayConfig) -> Result<PlayReport> {
         requests: issued,
         cut_requests: cut,
         chunk_accesses: chunk_size.map(|_| accesses),
+        prefilled_chunks: prefilled,
         wall_secs: wall,
         max_issue_lag_ms: max_lag.as_secs_f64() * 1000.0,
         layout,

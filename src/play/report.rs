@@ -90,6 +90,8 @@ pub struct PlayReport {
     /// Chunk accesses the played requests make, in the daemon's chunk
     /// size (known from its stats file).
     pub chunk_accesses: Option<u64>,
+    /// Chunks written before the play (`--prefill`).
+    pub prefilled_chunks: Option<u64>,
     pub wall_secs: f64,
     /// Most a request was issued after its (scaled) trace time, waiting
     /// for a free slot.
@@ -125,6 +127,12 @@ impl PlayReport {
             self.wall_secs,
             self.max_issue_lag_ms
         );
+        if let Some(n) = self.prefilled_chunks {
+            let _ = writeln!(
+                s,
+                "prefilled {n} chunks (4 KiB each) in the epoch before the play"
+            );
+        }
         let regions: Vec<String> = self
             .layout
             .devices

@@ -18,7 +18,13 @@ use crate::{
     predict::{self, HeatMap, Predictor},
     profile::{ChunkCounters, History},
     trace::Access,
+    volume::PRIOR_SCORE,
 };
+
+/// A chunk not placed yet (only while a prefill places them).
+const UNPLACED_SIM: u8 = u8::MAX;
+/// Bytes `tierblk play --prefill` writes at the start of each chunk.
+const PREFILL_BYTES: u32 = 4096;
 
 /// A placement policy replay can run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,6 +147,36 @@ impl<'a> Sim<'a> {
 
     fn slowest(&self) -> usize {
         self.ctx.capacity.len() - 1
+    }
+
+    /// Puts `chunk` (not placed yet) on `hint`, or where the daemon's
+    /// allocation falls back to: the slower tiers, then the faster ones.
+    fn allocate(&mut self, chunk: u32, hint: usize) {
+        let n = self.ctx.capacity.len();
+        let hint = hint.min(n - 1);
+        let t = (hint..n)
+            .chain((0..hint).rev())
+            .find(|&t| self.has_room(t))
+            .unwrap_or(n - 1);
+        self.occupancy[t] += 1;
+        self.tier_of[chunk as usize] = t as u8;
+        self.max_fast = self.max_fast.max(self.occupancy[0]);
+    }
+
+    /// Forgets what was counted so far (hits, latencies, moves, cost),
+    /// keeping the placement and the moves in flight.
+    fn reset_counts(&mut self) {
+        self.hits = 0;
+        self.promoted = 0;
+        self.promoted_fast = 0;
+        self.demoted = 0;
+        self.prefetches = 0;
+        self.max_fast = self.occupancy[0];
+        self.latencies.clear();
+        self.request_us = 0.0;
+        self.cost_sum = 0.0;
+        self.cost_samples = 0;
+        self.skipped = 0;
     }
 
     fn has_room(&self, tier: usize) -> bool {
@@ -450,7 +486,8 @@ impl Predictive {
             predictor,
             counters: ChunkCounters::new(ctx.footprint),
             history: History::new(ctx.footprint),
-            heat: HeatMap::from_scores(vec![0.0; ctx.footprint]),
+            // A new volume's scores before its first epoch.
+            heat: HeatMap::from_scores(vec![PRIOR_SCORE; ctx.footprint]),
             placer: Placer::new(PlacerParams {
                 policy: cfg.tiering_policy,
                 settings: cfg.placement,
@@ -460,10 +497,57 @@ impl Predictive {
                 chunk_size: cfg.chunk_size,
                 migration_mibps: cfg.migration_mibps,
             }),
-            demand_promotion: cfg.demand_promotion,
+            demand_promotion: cfg.placement.demand_promotion,
             predict_secs: 0.0,
             plans: Vec::new(),
         }
+    }
+
+    /// The volume as `tierblk play --prefill` leaves it: after an idle
+    /// epoch (the daemon ran at least one before the prefill, predicting
+    /// on no accesses), every chunk is written once in address order
+    /// (dense ids are in address order), placed by the allocation hint of
+    /// its score then, each write seen by demand promotion; then an epoch
+    /// ends and the trace starts. Nothing counted so far is reported.
+    fn prefill(&mut self, sim: &mut Sim<'_>, epoch_secs: f64) {
+        self.history.fold(&self.counters);
+        self.predictor.predict(&self.history, &mut self.heat);
+        let t0 = sim.ctx.times.first().copied().unwrap_or(0.0);
+        sim.now = t0 - epoch_secs;
+        sim.tier_of.fill(UNPLACED_SIM);
+        sim.occupancy.fill(0);
+        sim.max_fast = 0;
+        for c in 0..sim.ctx.footprint as u32 {
+            let hint = self.placer.hint(self.heat.score(c as usize));
+            sim.allocate(c, hint);
+            let a = Access {
+                chunk: c,
+                bytes: PREFILL_BYTES,
+                write: true,
+                sequential: c > 0,
+                first: true,
+            };
+            a.record(&self.counters);
+            self.demand(sim, &a);
+        }
+        sim.advance(t0);
+        self.epoch(sim, epoch_secs);
+        sim.reset_counts();
+    }
+
+    /// Demand promotion of a chunk just accessed off tier 0.
+    fn demand(&mut self, sim: &mut Sim<'_>, a: &Access) {
+        let c = a.chunk as usize;
+        if !self.demand_promotion || sim.tier_of[c] == 0 || sim.moving[c] {
+            return;
+        }
+        let from = sim.tier_of[c] as usize;
+        let plan = self
+            .placer
+            .on_miss(a.chunk, from, self.heat.score(c), &self.heat, |t| {
+                sim.has_room(t)
+            });
+        self.start(sim, &plan.moves);
     }
 
     fn start(&mut self, sim: &mut Sim<'_>, moves: &[Move]) {
@@ -480,17 +564,7 @@ impl Policy for Predictive {
     fn access(&mut self, sim: &mut Sim<'_>, _i: usize, a: &Access) {
         a.record(&self.counters);
         sim.serve(a);
-        let c = a.chunk as usize;
-        if !self.demand_promotion || sim.tier_of[c] == 0 || sim.moving[c] {
-            return;
-        }
-        let from = sim.tier_of[c] as usize;
-        let plan = self
-            .placer
-            .on_miss(a.chunk, from, self.heat.score(c), &self.heat, |t| {
-                sim.has_room(t)
-            });
-        self.start(sim, &plan.moves);
+        self.demand(sim, a);
     }
 
     fn epoch(&mut self, sim: &mut Sim<'_>, secs: f64) {
@@ -520,6 +594,9 @@ pub(super) fn run_predictive(
 ) -> Result<(RunReport, Predictive)> {
     let mut p = Predictive::new(ctx, predictor);
     let mut sim = Sim::new(ctx, ctx.capacity.len() - 1);
+    if let (true, Epoch::Secs(secs)) = (ctx.cfg.prefill, ctx.cfg.epoch) {
+        p.prefill(&mut sim, secs);
+    }
     drive(ctx, &mut sim, &mut p);
     let secs = p.predict_secs;
     Ok((sim.finish(name, secs)?, p))

@@ -49,6 +49,8 @@ pub struct Report {
     pub migration_mibps: f64,
     /// Whether tierblk's runs also promoted on each miss.
     pub demand_promotion: bool,
+    /// Whether tierblk's runs started from a prefilled volume.
+    pub prefill: bool,
     pub tiering_policy: String,
     pub runs: Vec<RunReport>,
 }
@@ -62,7 +64,7 @@ impl Report {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "trace {}: {} requests, {} chunk accesses, chunk {} B, footprint {} chunks, fast tier {} chunks, epoch {}, migration {}, policy {}{}",
+            "trace {}: {} requests, {} chunk accesses, chunk {} B, footprint {} chunks, fast tier {} chunks, epoch {}, migration {}, policy {}{}{}",
             self.trace,
             self.requests,
             self.accesses,
@@ -81,7 +83,12 @@ impl Report {
             },
             self.tiering_policy,
             if self.demand_promotion {
-                ", with demand promotion (not in the daemon yet)"
+                ", with demand promotion"
+            } else {
+                ", without demand promotion"
+            },
+            if self.prefill {
+                ", from a prefilled volume"
             } else {
                 ""
             }

@@ -5,6 +5,7 @@
 pub mod chunk_map;
 pub mod committer;
 pub mod dirty;
+pub mod misses;
 
 use std::sync::{
     atomic::{AtomicU32, Ordering},
@@ -144,6 +145,9 @@ pub struct Volume {
     /// Where guest accesses were served, and the brain's migration totals
     /// (published once per epoch by `stats::publish`).
     served: crate::stats::VolumeCounters,
+    /// Chunks the data path served from a slower tier, for the brain's
+    /// demand promotion.
+    misses: misses::MissQueue,
 }
 
 /// Checks that a configured volume can open the stored one: same chunk
@@ -299,6 +303,7 @@ impl Volume {
             unsynced: AtomicU32::new(0),
             group_commits: std::sync::atomic::AtomicU64::new(0),
             served: crate::stats::VolumeCounters::default(),
+            misses: misses::MissQueue::new(chunks),
         })
     }
 
@@ -598,14 +603,29 @@ impl Volume {
 
     /// Counts where a mapped guest request is served, one access per chunk
     /// segment: tier 0 (the fastest tier) or not (a slower tier, or zeros
-    /// for a chunk without an extent). A relaxed add per segment.
+    /// for a chunk without an extent). A relaxed add per segment; a chunk
+    /// served from a slower tier is also posted to the miss queue (a load,
+    /// or a lock-free push when it is not waiting yet). Reads and writes
+    /// alike, as `tierblk replay` counts accesses.
     #[inline]
     pub fn count_served(&self, write: bool, segs: &[Segment]) {
         let fastest = self.tiers.ids().first().copied();
         for s in segs {
-            let fast = matches!(s.target, Target::Extent { tier, .. } if Some(tier) == fastest);
+            let fast = match s.target {
+                Target::Extent { tier, .. } if Some(tier) == fastest => true,
+                Target::Extent { .. } => {
+                    self.misses.post(s.chunk);
+                    false
+                }
+                Target::Zeros => false,
+            };
             self.served.record(write, fast);
         }
+    }
+
+    /// Chunks served from a slower tier and not yet taken by the brain.
+    pub fn misses(&self) -> &misses::MissQueue {
+        &self.misses
     }
 
     /// This volume's served-access and migration totals.

@@ -126,6 +126,31 @@ fn write_spanning_chunks_and_tiers_reads_back() {
 }
 
 #[test]
+fn accesses_served_off_tier_0_are_posted_as_misses_once_each() {
+    let f = Fixture::new(1 << 20);
+    let v = f.open(vol_meta(1 << 20)).unwrap();
+    // Chunk 1 on tier 0, chunk 2 on tier 1, chunk 3 on tier 2, chunk 4 none.
+    for (c, s) in [(1, 0.9), (2, 0.5), (3, 0.1)] {
+        v.set_score(c, s);
+        v.write_at(c as u64 * CHUNK, &[1u8; 512]).unwrap();
+    }
+    for _ in 0..3 {
+        let mut segs = Vec::new();
+        v.map_read(CHUNK, 4 * CHUNK, &mut segs).unwrap();
+        v.count_served(false, &segs);
+        v.release(&segs);
+    }
+    let mut segs = Vec::new();
+    v.map_write(3 * CHUNK, 512, &mut segs).unwrap();
+    v.count_served(true, &segs);
+    v.release_written(&segs);
+    assert_eq!((v.misses().posted(), v.misses().dropped()), (2, 0));
+    assert_eq!(v.misses().pop(), Some(2));
+    assert_eq!(v.misses().pop(), Some(3));
+    assert_eq!(v.misses().pop(), None);
+}
+
+#[test]
 fn out_of_range_request_is_rejected_without_pins() {
     let f = Fixture::new(1 << 20);
     let v = f.open(vol_meta(1 << 20)).unwrap();
