@@ -133,13 +133,16 @@ impl Brain {
     /// is what that rate copies in one epoch (see [`Placer::move_budget`]).
     pub fn new(
         volume: Arc<Volume>,
-        predictor: Box<dyn Predictor>,
+        mut predictor: Box<dyn Predictor>,
         epoch: Duration,
         migration_mibps: f64,
         placement: PlacementSettings,
     ) -> Self {
         let n = volume.chunk_count() as usize;
+        // The scores the volume starts with (a saved heat map, a VM
+        // profile's prior, or cold) seed the predictor.
         let heat = HeatMap::from_scores((0..n as u32).map(|c| volume.score(c)).collect());
+        predictor.seed(&heat);
         let fastest = volume.tiers().ids()[0];
         let fast_chunks = volume
             .tiers()
@@ -613,6 +616,10 @@ mod tests {
 
         fn first_touch_score(&mut self) -> f32 {
             self.inner.first_touch_score()
+        }
+
+        fn seed(&mut self, heat: &HeatMap) {
+            self.inner.seed(heat);
         }
     }
 

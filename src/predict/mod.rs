@@ -60,7 +60,20 @@ pub trait Predictor: Send {
     /// access in the latest epoch. Placement uses it as the provisional
     /// score of a chunk touched between two predictions.
     fn first_touch_score(&mut self) -> f32;
+
+    /// Starts from `heat` (a saved heat map on a warm restart, or a VM
+    /// profile's prior) as if it were the prediction before the first
+    /// epoch: a seeded chunk keeps its score while it is busy and decays
+    /// each epoch it is idle (EWMA: its rate by `1 - alpha`; learned: its
+    /// lead over the idle score by [`SEED_KEEP`]), so new history
+    /// outweighs the seed within a few epochs. Called before the first
+    /// `predict`.
+    fn seed(&mut self, heat: &HeatMap);
 }
+
+/// Share of a seeded score's lead over an idle chunk's that is left after
+/// each epoch the chunk stays idle (the EWMA's `1 - alpha`).
+pub const SEED_KEEP: f32 = 0.5;
 
 /// Names `prediction_model` accepts besides a file path.
 pub const BUILTIN_MODELS: &[&str] = &["ewma", "learned", "mlp", "gru"];

@@ -18,7 +18,6 @@ use crate::{
     predict::{self, HeatMap, Predictor},
     profile::{ChunkCounters, History},
     trace::Access,
-    volume::PRIOR_SCORE,
 };
 
 /// A chunk not placed yet (only while a prefill places them).
@@ -480,14 +479,17 @@ pub(super) struct Predictive {
 }
 
 impl Predictive {
-    pub(super) fn new(ctx: &Context<'_>, predictor: Box<dyn Predictor>) -> Self {
+    pub(super) fn new(ctx: &Context<'_>, mut predictor: Box<dyn Predictor>) -> Self {
         let cfg = ctx.cfg;
+        // A volume's scores before its first epoch, without a VM profile
+        // or a saved heat map (as the daemon seeds them).
+        let heat = crate::profile::initial_heat_map(None, None, ctx.footprint);
+        predictor.seed(&heat);
         Self {
             predictor,
             counters: ChunkCounters::new(ctx.footprint),
             history: History::new(ctx.footprint),
-            // A new volume's scores before its first epoch.
-            heat: HeatMap::from_scores(vec![PRIOR_SCORE; ctx.footprint]),
+            heat,
             placer: Placer::new(PlacerParams {
                 policy: cfg.tiering_policy,
                 settings: cfg.placement,

@@ -30,8 +30,12 @@ pub use model::{Arch, Net};
 
 use super::{
     features::{chunk_features, sequence_features, Candidates, N_FEATURES, N_STEP_FEATURES},
-    HeatMap, Predictor, Result,
+    HeatMap, Predictor, Result, SEED_KEEP,
 };
+
+/// Distance from the idle score below which a seeded score is done
+/// decaying.
+const SEED_FLOOR: f32 = 0.01;
 use crate::profile::{History, HISTORY_EPOCHS};
 
 /// Rows scored per forward pass: large enough to amortise dispatch, small
@@ -48,6 +52,8 @@ pub struct LearnedPredictor {
     cand: Candidates,
     /// Candidates of the previous epoch, reset to the idle score next time.
     prev: Vec<u32>,
+    /// Chunks whose seeded score (see [`Predictor::seed`]) still decays.
+    seeded: Vec<u32>,
     flat: Vec<f32>,
     seq: Vec<f32>,
     source: Option<PathBuf>,
@@ -66,6 +72,7 @@ impl LearnedPredictor {
             touch_score: 0.0,
             cand: Candidates::default(),
             prev: Vec::new(),
+            seeded: Vec::new(),
             flat: Vec::new(),
             seq: Vec::new(),
             source: None,
@@ -183,21 +190,44 @@ impl Predictor for LearnedPredictor {
         self.touch_score
     }
 
+    fn seed(&mut self, heat: &HeatMap) {
+        self.seeded = (0..heat.len() as u32)
+            .filter(|&c| (heat.score(c as usize) - self.idle_score).abs() > SEED_FLOOR)
+            .collect();
+    }
+
     fn predict(&mut self, history: &History, out: &mut HeatMap) {
         let n = history.len();
         if out.len() != n {
             out.reset(n, self.idle_score);
             self.prev.clear();
+            self.seeded.clear();
         }
         for &c in &self.prev {
             out.set(c as usize, self.idle_score);
         }
+        // Seeded scores decay toward the idle score; the model's score
+        // replaces one as soon as its chunk is a candidate.
+        let idle = self.idle_score;
+        self.seeded.retain(|&c| {
+            let s = out.score(c as usize);
+            let next = idle + (s - idle) * SEED_KEEP;
+            out.set(c as usize, next);
+            (next - idle).abs() > SEED_FLOOR
+        });
         self.cand.collect(history);
         let chunks = std::mem::take(&mut self.cand.chunks);
         self.build_rows(history, &chunks);
         let scores = self.score_rows(&self.flat, &self.seq, chunks.len());
         for (&c, &s) in chunks.iter().zip(&scores) {
             out.set(c as usize, s);
+        }
+        if !self.seeded.is_empty() {
+            let mut scored = vec![false; n];
+            for &c in &chunks {
+                scored[c as usize] = true;
+            }
+            self.seeded.retain(|&c| !scored[c as usize]);
         }
         self.prev.clear();
         self.prev.extend_from_slice(&chunks);
@@ -211,5 +241,52 @@ impl std::fmt::Debug for LearnedPredictor {
             .field("header", &self.header)
             .field("source", &self.source)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{predict::HeatMap, profile::History};
+
+    #[test]
+    fn seeded_scores_decay_to_the_idle_score_unless_the_model_scores_the_chunk() {
+        let mut h = History::new(64);
+        let c = crate::profile::ChunkCounters::new(64);
+        h.fold(&c);
+        // The model's score for a chunk with no activity nearby.
+        let mut fresh = HeatMap::default();
+        crate::predict::load("learned")
+            .unwrap()
+            .predict(&h, &mut fresh);
+        let idle = fresh.score(60);
+        let mut scores = vec![idle; 64];
+        scores[5] = 0.95;
+        let mut heat = HeatMap::from_scores(scores);
+        let mut p = crate::predict::load("learned").unwrap();
+        p.seed(&heat);
+        p.predict(&h, &mut heat);
+        let first = heat.score(5);
+        assert!(
+            (first - (idle + (0.95 - idle) * crate::predict::SEED_KEEP)).abs() < 1e-6,
+            "{first} (idle {idle})"
+        );
+        assert_eq!(heat.score(60), idle);
+        for _ in 0..10 {
+            h.fold(&c);
+            p.predict(&h, &mut heat);
+        }
+        assert!((heat.score(5) - idle).abs() <= 0.01, "{}", heat.score(5));
+        // A chunk the model scores (accessed) drops its seed at once.
+        let mut heat = HeatMap::from_scores(vec![0.95; 64]);
+        p = crate::predict::load("learned").unwrap();
+        p.seed(&heat);
+        c.record_read(10, 4096);
+        h.fold(&c);
+        p.predict(&h, &mut heat);
+        let mut again = HeatMap::from_scores(vec![0.0; 64]);
+        let mut q = crate::predict::load("learned").unwrap();
+        q.predict(&h, &mut again);
+        assert_eq!(heat.score(10), again.score(10), "the model's score");
+        assert!(heat.score(40) > 0.4, "still seeded: {}", heat.score(40));
     }
 }
