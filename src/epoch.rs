@@ -331,7 +331,8 @@ impl Brain {
     }
 
     /// Takes up to `max` misses the data path posted and promotes those
-    /// the placer admits (displacing a tier-0 chunk when it says so).
+    /// the placer admits, one at a time (displacing a tier-0 chunk when it
+    /// says so: that move first, committed, then the promotion).
     /// Returns how many misses it took (0: none waiting). Misses of a
     /// volume without tiering, or with `placement.demand_promotion` off,
     /// are taken and dropped.
@@ -416,9 +417,11 @@ impl Brain {
                 Ok(Outcome::Skipped(why)) => {
                     self.placer.skipped(m);
                     debug!(
-                        "volume '{}': chunk {} not moved: {why:?}",
+                        "volume '{}': chunk {} not moved from tier {} to {}: {why:?}",
                         v.name(),
-                        m.chunk
+                        m.chunk,
+                        ids[m.from as usize],
+                        to
                     );
                     t.skipped += 1;
                 }

@@ -151,9 +151,12 @@ impl FastTier {
 
     /// Decides about a chunk that just missed: promote it (displacing the
     /// victim when the tier is full) unless its score is below the victim's
-    /// by more than the admission slack. Applies the decision to the tier
-    /// (the caller moves the data).
-    pub fn on_miss(&mut self, chunk: u32, score: impl Fn(u32) -> f32) -> MissAction {
+    /// by more than the admission slack. `room`: the tier has a free
+    /// extent; when it has none the tier counts as full even if fewer than
+    /// `capacity` chunks are known here (another volume, or a chunk placed
+    /// since the last plan, holds the rest). Applies the decision to the
+    /// tier (the caller moves the data).
+    pub fn on_miss(&mut self, chunk: u32, room: bool, score: impl Fn(u32) -> f32) -> MissAction {
         if chunk as usize >= self.resident.len() || self.capacity == 0 {
             return MissAction::Skip;
         }
@@ -161,7 +164,7 @@ impl FastTier {
             self.touch(chunk);
             return MissAction::Skip;
         }
-        if self.len < self.capacity {
+        if self.len < self.capacity && room {
             self.insert(chunk);
             return MissAction::Promote { evict: None };
         }
@@ -305,7 +308,7 @@ mod tests {
                 hits += 1;
                 ft.touch(c);
             } else {
-                ft.on_miss(c, &score);
+                ft.on_miss(c, true, &score);
             }
             assert!(ft.len() <= ft.capacity());
         }
@@ -355,10 +358,19 @@ mod tests {
         };
         let mut ft = FastTier::new(10, 2, cfg);
         let score = |c: u32| if c < 5 { 0.9 } else { 0.2 };
-        assert_eq!(ft.on_miss(0, score), MissAction::Promote { evict: None });
-        assert_eq!(ft.on_miss(1, score), MissAction::Promote { evict: None });
-        assert_eq!(ft.on_miss(7, score), MissAction::Skip);
-        assert_eq!(ft.on_miss(2, score), MissAction::Promote { evict: Some(0) });
+        assert_eq!(
+            ft.on_miss(0, true, score),
+            MissAction::Promote { evict: None }
+        );
+        assert_eq!(
+            ft.on_miss(1, true, score),
+            MissAction::Promote { evict: None }
+        );
+        assert_eq!(ft.on_miss(7, true, score), MissAction::Skip);
+        assert_eq!(
+            ft.on_miss(2, true, score),
+            MissAction::Promote { evict: Some(0) }
+        );
     }
 
     #[test]

@@ -251,7 +251,7 @@ impl Placer {
                 heat.scores().get(c as usize).copied().unwrap_or(0.0)
             }
         };
-        if let MissAction::Promote { evict } = self.fast.on_miss(chunk, score) {
+        if let MissAction::Promote { evict } = self.fast.on_miss(chunk, has_room(0), score) {
             if let Some(v) = evict {
                 let last = self.params.n_tiers - 1;
                 let to = self.demotion_target(score(v), &has_room).unwrap_or(last);

@@ -90,7 +90,13 @@ pub(super) struct Context<'a> {
 struct Sim<'a> {
     ctx: &'a Context<'a>,
     tier_of: Vec<u8>,
+    /// Chunks holding an extent on each tier (a chunk being moved holds
+    /// one on both).
     occupancy: Vec<u64>,
+    /// Chunks being moved off each tier: their extents there are free
+    /// once the copy engine, which copies one chunk at a time, reaches a
+    /// move queued behind them.
+    leaving: Vec<u64>,
     hits: u64,
     promoted: u64,
     promoted_fast: u64,
@@ -120,6 +126,7 @@ impl<'a> Sim<'a> {
         Self {
             ctx,
             tier_of: vec![initial_tier as u8; ctx.footprint],
+            leaving: vec![0; occupancy.len()],
             occupancy,
             hits: 0,
             promoted: 0,
@@ -159,7 +166,7 @@ impl<'a> Sim<'a> {
             .unwrap_or(n - 1);
         self.occupancy[t] += 1;
         self.tier_of[chunk as usize] = t as u8;
-        self.max_fast = self.max_fast.max(self.occupancy[0]);
+        self.max_fast = self.max_fast.max(self.occupancy[0] - self.leaving[0]);
     }
 
     /// Forgets what was counted so far (hits, latencies, moves, cost),
@@ -170,7 +177,7 @@ impl<'a> Sim<'a> {
         self.promoted_fast = 0;
         self.demoted = 0;
         self.prefetches = 0;
-        self.max_fast = self.occupancy[0];
+        self.max_fast = self.occupancy[0] - self.leaving[0];
         self.latencies.clear();
         self.request_us = 0.0;
         self.cost_sum = 0.0;
@@ -178,8 +185,11 @@ impl<'a> Sim<'a> {
         self.skipped = 0;
     }
 
+    /// Whether a chunk moved now (behind the moves in flight, as the
+    /// daemon's mover runs them in order, committing each switch before a
+    /// later move into the tier it left) finds a free extent on `tier`.
     fn has_room(&self, tier: usize) -> bool {
-        self.occupancy[tier] < self.ctx.capacity[tier]
+        self.occupancy[tier] - self.leaving[tier] < self.ctx.capacity[tier]
     }
 
     /// Moves `chunk` to `to` at once.
@@ -195,7 +205,9 @@ impl<'a> Sim<'a> {
     /// Takes room for `chunk` on `to` (the extent a copy goes to).
     fn reserve(&mut self, chunk: u32, to: usize) {
         self.occupancy[to] += 1;
-        if self.occupancy[to] > self.ctx.capacity[to] && self.overfull.is_none() {
+        self.max_fast = self.max_fast.max(self.occupancy[0] - self.leaving[0]);
+        if self.occupancy[to] - self.leaving[to] > self.ctx.capacity[to] && self.overfull.is_none()
+        {
             self.overfull = Some(format!("tier {to} over capacity moving chunk {chunk}"));
         }
     }
@@ -221,6 +233,7 @@ impl<'a> Sim<'a> {
             return true;
         }
         self.reserve(m.chunk, to);
+        self.leaving[from] += 1;
         self.moving[c] = true;
         self.busy_until = self.busy_until.max(self.now) + copy_secs;
         self.in_flight.push_back((self.busy_until, *m));
@@ -236,6 +249,7 @@ impl<'a> Sim<'a> {
             }
             self.in_flight.pop_front();
             self.moving[m.chunk as usize] = false;
+            self.leaving[m.from as usize] -= 1;
             self.switch(m.chunk, m.from as usize, m.to as usize);
         }
     }
@@ -267,7 +281,7 @@ impl<'a> Sim<'a> {
             self.demoted += cs;
         }
         self.tier_of[chunk as usize] = to as u8;
-        self.max_fast = self.max_fast.max(self.occupancy[0]);
+        self.max_fast = self.max_fast.max(self.occupancy[0] - self.leaving[0]);
     }
 
     /// Serves one access from the chunk's current tier.
