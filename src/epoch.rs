@@ -534,16 +534,32 @@ mod tests {
         Arc::new(Volume::open(cfg.volumes[0].clone(), tiers, store).unwrap())
     }
 
+    /// Chunks `0..n` each start with 4 KiB of `chunk + 1` (as the tests
+    /// write them).
+    fn assert_chunks_hold_their_data(v: &Volume, n: u32) {
+        let mut buf = [0u8; 4096];
+        for c in 0..n {
+            v.read_at(c as u64 * CHUNK, &mut buf).unwrap();
+            assert!(buf.iter().all(|&b| b == c as u8 + 1), "chunk {c} data");
+        }
+    }
+
+    /// Writes 4 KiB of `chunk + 1` to chunks `0..n`, each scored cold when
+    /// written (so placed on the slowest tier).
+    fn write_cold(v: &Volume, n: u32) {
+        for c in 0..n {
+            v.set_score(c, 0.0);
+            v.write_at(c as u64 * CHUNK, &[c as u8 + 1; 4096]).unwrap();
+        }
+        assert!((0..n).all(|c| v.block_metadata(c).tier == Some(2)));
+    }
+
     #[test]
     fn hot_chunk_is_promoted_and_data_survives() {
         let dir = tempfile::tempdir().unwrap();
         let v = open(dir.path(), "");
         // Every chunk starts cold on the slowest tier.
-        for c in 0..32u32 {
-            v.set_score(c, 0.0);
-            v.write_at(c as u64 * CHUNK, &[c as u8 + 1; 4096]).unwrap();
-        }
-        assert!((0..32).all(|c| v.block_metadata(c).tier == Some(2)));
+        write_cold(&v, 32);
         let predictor = crate::predict::load("ewma").unwrap();
         let mut brain = Brain::new(
             v.clone(),
@@ -657,11 +673,7 @@ mod tests {
         assert!(!health.stopped());
         assert_eq!(consecutive, 0);
         assert!(promoted, "the hot chunk was promoted after the panics");
-        let mut buf = [0u8; 4096];
-        for c in 0..32u32 {
-            v.read_at(c as u64 * CHUNK, &mut buf).unwrap();
-            assert!(buf.iter().all(|&b| b == c as u8 + 1), "chunk {c} data");
-        }
+        assert_chunks_hold_their_data(&v, 32);
     }
 
     #[test]
@@ -708,12 +720,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // Tier 0 holds 4 of the 64 KiB chunks.
         let v = open(dir.path(), "");
+        write_cold(&v, 8);
         for c in 0..8u32 {
-            v.set_score(c, 0.0);
-            v.write_at(c as u64 * CHUNK, &[c as u8 + 1; 4096]).unwrap();
             v.set_score(c, 0.9);
         }
-        assert!((0..8).all(|c| v.block_metadata(c).tier == Some(2)));
         let mut brain = ewma_brain(&v);
         assert_eq!(brain.serve_misses(64), 0, "nothing posted");
         for c in 0..6u32 {
@@ -740,11 +750,7 @@ mod tests {
             }
         );
         assert_eq!(brain.run_epoch().demand, DemandReport::default());
-        let mut buf = [0u8; 4096];
-        for c in 0..8u32 {
-            v.read_at(c as u64 * CHUNK, &mut buf).unwrap();
-            assert!(buf.iter().all(|&b| b == c as u8 + 1), "chunk {c} data");
-        }
+        assert_chunks_hold_their_data(&v, 8);
     }
 
     #[test]
@@ -859,10 +865,6 @@ mod tests {
                 "idle chunk {c} is on the cheapest tier"
             );
         }
-        let mut buf = [0u8; 4096];
-        for c in 0..4u32 {
-            v.read_at(c as u64 * CHUNK, &mut buf).unwrap();
-            assert!(buf.iter().all(|&b| b == c as u8 + 1), "chunk {c} data");
-        }
+        assert_chunks_hold_their_data(&v, 4);
     }
 }
