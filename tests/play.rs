@@ -188,8 +188,8 @@ fn play_prefilled(d: &Daemon, args: &[&str]) -> serde_json::Value {
 /// Issue 11, proof (a) and (b) on a short slice: the daemon, played a
 /// slice of a real trace on emulated tiers, reaches the fast-tier hit
 /// ratio `tierblk replay` predicts for the same slice and settings (the
-/// daemon's clock in trace time) within 10 points (measured: 4–6 points
-/// below it), and its guest-side mean latency is below the same daemon
+/// daemon's clock in trace time) within 10 points (measured: 4.5–7
+/// points below it), and its guest-side mean latency is below the same daemon
 /// with tiering off.
 #[test]
 fn prefilled_play_reaches_the_replayed_hit_ratio_and_beats_no_tiering() {

@@ -96,9 +96,6 @@ pub fn models_dir() -> PathBuf {
     PathBuf::from("/usr/share/tierblk/models")
 }
 
-/// Builds the predictor a volume's `prediction_model` names: a builtin
-/// ("ewma", "learned"/"mlp" = the shipped default model, "gru" = the shipped
-/// recurrent model) or the path of a model file.
 /// True when `prediction_model` names a builtin predictor rather than a
 /// model file.
 pub fn is_builtin(prediction_model: &str) -> bool {
@@ -108,6 +105,9 @@ pub fn is_builtin(prediction_model: &str) -> bool {
     )
 }
 
+/// Builds the predictor a volume's `prediction_model` names: a builtin
+/// ("ewma", "learned"/"mlp"/"default" = the shipped default model, "gru" =
+/// the shipped recurrent model) or the path of a model file.
 pub fn load(prediction_model: &str) -> Result<Box<dyn Predictor>> {
     let file = match prediction_model {
         "ewma" => return Ok(Box::new(Ewma::default())),
