@@ -12,45 +12,26 @@ set -euo pipefail
 B=${TIERBLK:-target/release/tierblk}
 T=${1:?trace}
 SPEED=${2:?speed}; EPOCH=2.5; MIG=64; OUT=${3:-/tmp/tierblk-play-proof}
+# tier ID NAME CAPACITY COST READ_US WRITE_US MIBPS DIR: one [[tier]]
+# (its file in DIR/tID), emulated at its own latencies.
+tier() {
+  printf '[[tier]]\ntier_id = %s\nname = "%s"\ncapacity = "%s"\ncost_per_gb = %s\npath = "%s"\n' \
+    "$1" "$2" "$3" "$4" "$8/t$1"
+  printf 'performance_metrics = { read_latency_us = %s, write_latency_us = %s, bandwidth_mibps = %s }\n' \
+    "$5" "$6" "$7"
+  printf 'emulate = { read_latency_us = %s, write_latency_us = %s }\n' "$5" "$6"
+}
 mk() { # dir extra
-  d=$1; mkdir -p $d/t0 $d/t1 $d/t2 $d/state
-  cat > $d/cfg.toml <<EOT
-[daemon]
-state_dir = "$d/state"
-epoch_secs = $EPOCH
-migration_mibps = $MIG
-[[tier]]
-tier_id = 0
-name = "nvme"
-capacity = "8MiB"
-cost_per_gb = 0.25
-path = "$d/t0"
-performance_metrics = { read_latency_us = 90, write_latency_us = 30, bandwidth_mibps = 3000 }
-emulate = { read_latency_us = 90, write_latency_us = 30 }
-[[tier]]
-tier_id = 1
-name = "ssd"
-capacity = "32MiB"
-cost_per_gb = 0.08
-path = "$d/t1"
-performance_metrics = { read_latency_us = 250, write_latency_us = 80, bandwidth_mibps = 500 }
-emulate = { read_latency_us = 250, write_latency_us = 80 }
-[[tier]]
-tier_id = 2
-name = "hdd"
-capacity = "1GiB"
-cost_per_gb = 0.02
-path = "$d/t2"
-performance_metrics = { read_latency_us = 4000, write_latency_us = 4000, bandwidth_mibps = 150 }
-emulate = { read_latency_us = 4000, write_latency_us = 4000 }
-[[volume]]
-name = "vm"
-size = "1GiB"
-chunk_size = "64KiB"
-socket = "$d/vm.sock"
-prediction_model = "ewma"
-$2
-EOT
+  local d=$1
+  mkdir -p "$d"/t0 "$d"/t1 "$d"/t2 "$d"/state
+  {
+    printf '[daemon]\nstate_dir = "%s"\nepoch_secs = %s\nmigration_mibps = %s\n' "$d/state" "$EPOCH" "$MIG"
+    tier 0 nvme 8MiB 0.25 90 30 3000 "$d"
+    tier 1 ssd 32MiB 0.08 250 80 500 "$d"
+    tier 2 hdd 1GiB 0.02 4000 4000 150 "$d"
+    printf '[[volume]]\nname = "vm"\nsize = "1GiB"\nchunk_size = "64KiB"\nsocket = "%s"\nprediction_model = "ewma"\n%s\n' \
+      "$d/vm.sock" "$2"
+  } >"$d"/cfg.toml
 }
 for kind in tiered flat; do
   d=$OUT/$kind; rm -rf $d
