@@ -292,12 +292,7 @@ impl Brain {
         // Unallocated chunks have no tier: the allocation hint places them
         // when they are written.
         let current: Vec<u8> = (0..v.chunk_count())
-            .map(|c| {
-                v.chunk_map()
-                    .get(c)
-                    .and_then(|m| ids.iter().position(|&i| i == m.tier))
-                    .map_or(place::UNPLACED, |t| t as u8)
-            })
+            .map(|c| v.tier_index(c).map_or(place::UNPLACED, |t| t as u8))
             .collect();
         let capacity: Vec<u64> = ids
             .iter()
@@ -353,11 +348,7 @@ impl Brain {
             if !enabled {
                 continue;
             }
-            let from = v
-                .chunk_map()
-                .get(chunk)
-                .and_then(|m| ids.iter().position(|&i| i == m.tier));
-            let Some(from) = from.filter(|&t| t > 0) else {
+            let Some(from) = v.tier_index(chunk).filter(|&t| t > 0) else {
                 continue;
             };
             let room = |t: usize| {

@@ -209,11 +209,7 @@ pub fn snapshot(v: &Volume) -> VolumeStats {
     let ids = v.tiers().ids();
     let mut chunks = vec![0u64; ids.len()];
     for ch in 0..v.chunk_count() {
-        if let Some(pos) = v
-            .chunk_map()
-            .get(ch)
-            .and_then(|m| ids.iter().position(|&i| i == m.tier))
-        {
+        if let Some(pos) = v.tier_index(ch) {
             chunks[pos] += 1;
         }
     }

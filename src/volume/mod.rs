@@ -327,6 +327,13 @@ impl Volume {
         self.map.len() as u32
     }
 
+    /// Where `chunk`'s extent is, as an index into the fastest-first tier
+    /// list (None: no extent yet).
+    pub fn tier_index(&self, chunk: u32) -> Option<usize> {
+        let tier = self.map.get(chunk)?.tier;
+        self.tiers.ids().iter().position(|&i| i == tier)
+    }
+
     pub fn chunk_map(&self) -> &ChunkMap {
         &self.map
     }
