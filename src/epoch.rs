@@ -78,10 +78,7 @@ pub struct EpochReport {
     pub epoch: u32,
     /// Moves of the epoch's plan, and what came of them.
     pub planned: usize,
-    pub promoted: usize,
-    pub demoted: usize,
-    pub skipped: usize,
-    pub failed: usize,
+    pub moves: MoveCounts,
     /// Promotions of chunks with no access in the epoch before.
     pub prefetched: usize,
     /// Demand promotion since the epoch before.
@@ -93,22 +90,27 @@ pub struct EpochReport {
 pub struct DemandReport {
     /// Misses taken from the volume's queue.
     pub misses: usize,
-    /// Chunks promoted into tier 0 on a miss.
+    /// Their moves: promotions into tier 0, and the tier-0 chunks they
+    /// displaced (demotions).
+    pub moves: MoveCounts,
+}
+
+/// What came of a list of moves.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MoveCounts {
     pub promoted: usize,
-    /// Tier-0 chunks they displaced, moved to a slower tier.
     pub demoted: usize,
     pub skipped: usize,
     pub failed: usize,
 }
 
-/// What came of a list of moves.
-#[derive(Debug, Default)]
-struct Tally {
-    promoted: usize,
-    demoted: usize,
-    skipped: usize,
-    failed: usize,
-    prefetched: usize,
+impl std::ops::AddAssign for MoveCounts {
+    fn add_assign(&mut self, o: Self) {
+        self.promoted += o.promoted;
+        self.demoted += o.demoted;
+        self.skipped += o.skipped;
+        self.failed += o.failed;
+    }
 }
 
 pub struct Brain {
@@ -237,8 +239,8 @@ impl Brain {
             return ControlFlow::Continue(());
         };
         crate::stats::publish(&self.volume, &r);
-        let d = &r.demand;
-        let level = if r.promoted + r.demoted + r.failed + d.promoted + d.failed > 0 {
+        let (m, d) = (&r.moves, &r.demand.moves);
+        let level = if m.promoted + m.demoted + m.failed + d.promoted + d.failed > 0 {
             log::Level::Info
         } else {
             log::Level::Debug
@@ -251,11 +253,11 @@ impl Brain {
             r.epoch,
             start.elapsed(),
             r.planned,
-            r.promoted,
-            r.demoted,
-            r.skipped,
-            r.failed,
-            d.misses,
+            m.promoted,
+            m.demoted,
+            m.skipped,
+            m.failed,
+            r.demand.misses,
             d.promoted,
             d.demoted,
             d.skipped,
@@ -316,12 +318,7 @@ impl Brain {
         let moves = moves.moves;
         report.planned = moves.len();
         self.last_plan.clone_from(&moves);
-        let t = self.carry_out(&moves, true);
-        report.promoted = t.promoted;
-        report.demoted = t.demoted;
-        report.skipped = t.skipped;
-        report.failed = t.failed;
-        report.prefetched = t.prefetched;
+        (report.moves, report.prefetched) = self.carry_out(&moves, true);
         report
     }
 
@@ -359,13 +356,9 @@ impl Brain {
             };
             let score = self.heat.score(chunk as usize);
             let plan = self.placer.on_miss(chunk, from, score, &self.heat, room);
-            let t = self.carry_out(&plan.moves, false);
+            let (t, _) = self.carry_out(&plan.moves, false);
             moved |= t.promoted + t.demoted > 0;
-            let d = &mut self.demand;
-            d.promoted += t.promoted;
-            d.demoted += t.demoted;
-            d.skipped += t.skipped;
-            d.failed += t.failed;
+            self.demand.moves += t;
         }
         self.demand.misses += taken;
         if moved {
@@ -379,11 +372,13 @@ impl Brain {
     /// Carries out `moves` in order (tiers as fastest-first indexes),
     /// telling the placer of each that did not happen. `planned`: moves of
     /// an epoch's plan (a promotion of a chunk idle in the epoch before is
-    /// a prefetch), not of a miss.
-    fn carry_out(&mut self, moves: &[Move], planned: bool) -> Tally {
+    /// a prefetch), not of a miss. Returns what came of them and the
+    /// prefetches.
+    fn carry_out(&mut self, moves: &[Move], planned: bool) -> (MoveCounts, usize) {
         let v = &*self.volume;
         let ids = v.tiers().ids();
-        let mut t = Tally::default();
+        let mut t = MoveCounts::default();
+        let mut prefetched = 0;
         for (i, m) in moves.iter().enumerate() {
             let to = ids[m.to as usize];
             match migrate::migrate_chunk(v, m.chunk, to, &mut self.limiter) {
@@ -391,7 +386,7 @@ impl Brain {
                     if m.to < m.from {
                         t.promoted += 1;
                         if planned && self.history.count(m.chunk as usize, 0) == 0 {
-                            t.prefetched += 1;
+                            prefetched += 1;
                         }
                     } else {
                         t.demoted += 1;
@@ -430,7 +425,7 @@ impl Brain {
                 warn!("volume '{}': committing migrations: {e}", v.name());
             }
         }
-        t
+        (t, prefetched)
     }
 
     /// The moves the last epoch planned, in order (tiers as fastest-first
@@ -567,8 +562,8 @@ mod tests {
                 v.record_access(false, 7 * CHUNK, 4096, false);
             }
             let r = brain.run_epoch();
-            assert_eq!(r.failed, 0);
-            promoted += r.promoted;
+            assert_eq!(r.moves.failed, 0);
+            promoted += r.moves.promoted;
         }
         assert!(promoted >= 1);
         assert_eq!(
@@ -734,10 +729,12 @@ mod tests {
             r.demand,
             DemandReport {
                 misses: 6,
-                promoted: 6,
-                demoted: 2,
-                skipped: 0,
-                failed: 0
+                moves: MoveCounts {
+                    promoted: 6,
+                    demoted: 2,
+                    skipped: 0,
+                    failed: 0
+                }
             }
         );
         assert_eq!(brain.run_epoch().demand, DemandReport::default());
@@ -813,7 +810,7 @@ mod tests {
         );
         let r = brain.run_epoch();
         assert_eq!(
-            (r.demoted, r.failed),
+            (r.moves.demoted, r.moves.failed),
             (0, 0),
             "{r:?}: {:?}",
             brain.last_plan()
@@ -846,7 +843,7 @@ mod tests {
             for _ in 0..50 {
                 v.record_access(false, 0, 4096, false);
             }
-            assert_eq!(brain.run_epoch().failed, 0);
+            assert_eq!(brain.run_epoch().moves.failed, 0);
         }
         assert_eq!(v.block_metadata(0).tier, Some(0), "the busy chunk stays");
         for c in 1..4u32 {

@@ -105,11 +105,11 @@ impl VolumeCounters {
     /// Adds one epoch's migrations: its plan's and the demand promotions
     /// since the epoch before.
     pub fn add_epoch(&self, r: &EpochReport) {
-        let d = &r.demand;
+        let d = &r.demand.moves;
         self.promotions
-            .fetch_add((r.promoted + d.promoted) as u64, Relaxed);
+            .fetch_add((r.moves.promoted + d.promoted) as u64, Relaxed);
         self.demotions
-            .fetch_add((r.demoted + d.demoted) as u64, Relaxed);
+            .fetch_add((r.moves.demoted + d.demoted) as u64, Relaxed);
         self.prefetches.fetch_add(r.prefetched as u64, Relaxed);
         self.demand_promotions.fetch_add(d.promoted as u64, Relaxed);
     }
@@ -356,15 +356,17 @@ mod tests {
         v.served().record(false, false);
         v.served().record(true, true);
         v.served().record(false, false);
+        let moves = |promoted, demoted| crate::epoch::MoveCounts {
+            promoted,
+            demoted,
+            ..Default::default()
+        };
         let r = EpochReport {
-            promoted: 2,
-            demoted: 1,
+            moves: moves(2, 1),
             prefetched: 1,
             demand: crate::epoch::DemandReport {
                 misses: 5,
-                promoted: 1,
-                demoted: 1,
-                ..Default::default()
+                moves: moves(1, 1),
             },
             ..Default::default()
         };

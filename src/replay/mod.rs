@@ -415,9 +415,14 @@ tiering_policy = "default"
                 brain.serve_misses(usize::MAX);
             }
             let r = brain.run_epoch();
-            demand += r.demand.promoted;
+            demand += r.demand.moves.promoted;
             assert_eq!(
-                (r.skipped, r.failed, r.demand.skipped, r.demand.failed),
+                (
+                    r.moves.skipped,
+                    r.moves.failed,
+                    r.demand.moves.skipped,
+                    r.demand.moves.failed
+                ),
                 (0, 0, 0, 0),
                 "{:?} {:?}",
                 brain.last_plan(),
