@@ -1,7 +1,7 @@
 //! EWMA baseline: a chunk's score is the smoothed access rate per epoch,
 //! mapped into [0, 1].
 
-use super::{HeatMap, Predictor};
+use super::{HeatMap, Predictor, SEED_FLOOR};
 use crate::profile::History;
 
 /// Exponentially weighted moving average of per-epoch accesses.
@@ -18,10 +18,6 @@ pub struct Ewma {
     /// Some seeded chunks still decay (see [`Predictor::seed`]).
     seeded: bool,
 }
-
-/// Score below which a seeded idle chunk stops decaying each epoch (it
-/// keeps that score, as any chunk that left the active set does).
-const SEED_FLOOR: f32 = 0.01;
 
 impl Default for Ewma {
     fn default() -> Self {

@@ -75,6 +75,10 @@ pub trait Predictor: Send {
 /// each epoch the chunk stays idle (the EWMA's `1 - alpha`).
 pub const SEED_KEEP: f32 = 0.5;
 
+/// A seeded score this close to an idle chunk's is done decaying: it
+/// stays, as any chunk's score does once it left the active set.
+pub const SEED_FLOOR: f32 = 0.01;
+
 /// Names `prediction_model` accepts besides a file path.
 pub const BUILTIN_MODELS: &[&str] = &["ewma", "learned", "mlp", "gru"];
 

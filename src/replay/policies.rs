@@ -166,7 +166,7 @@ impl<'a> Sim<'a> {
             .unwrap_or(n - 1);
         self.occupancy[t] += 1;
         self.tier_of[chunk as usize] = t as u8;
-        self.max_fast = self.max_fast.max(self.occupancy[0] - self.leaving[0]);
+        self.note_fast();
     }
 
     /// Forgets what was counted so far (hits, latencies, moves, cost),
@@ -177,7 +177,7 @@ impl<'a> Sim<'a> {
         self.promoted_fast = 0;
         self.demoted = 0;
         self.prefetches = 0;
-        self.max_fast = self.occupancy[0] - self.leaving[0];
+        self.max_fast = self.held(0);
         self.latencies.clear();
         self.request_us = 0.0;
         self.cost_sum = 0.0;
@@ -189,7 +189,17 @@ impl<'a> Sim<'a> {
     /// daemon's mover runs them in order, committing each switch before a
     /// later move into the tier it left) finds a free extent on `tier`.
     fn has_room(&self, tier: usize) -> bool {
-        self.occupancy[tier] - self.leaving[tier] < self.ctx.capacity[tier]
+        self.held(tier) < self.ctx.capacity[tier]
+    }
+
+    /// Extents `tier` holds once the moves in flight off it are done.
+    fn held(&self, tier: usize) -> u64 {
+        self.occupancy[tier] - self.leaving[tier]
+    }
+
+    /// Keeps `max_fast` the most extents tier 0 has held.
+    fn note_fast(&mut self) {
+        self.max_fast = self.max_fast.max(self.held(0));
     }
 
     /// Moves `chunk` to `to` at once.
@@ -205,9 +215,8 @@ impl<'a> Sim<'a> {
     /// Takes room for `chunk` on `to` (the extent a copy goes to).
     fn reserve(&mut self, chunk: u32, to: usize) {
         self.occupancy[to] += 1;
-        self.max_fast = self.max_fast.max(self.occupancy[0] - self.leaving[0]);
-        if self.occupancy[to] - self.leaving[to] > self.ctx.capacity[to] && self.overfull.is_none()
-        {
+        self.note_fast();
+        if self.held(to) > self.ctx.capacity[to] && self.overfull.is_none() {
             self.overfull = Some(format!("tier {to} over capacity moving chunk {chunk}"));
         }
     }
@@ -281,7 +290,7 @@ impl<'a> Sim<'a> {
             self.demoted += cs;
         }
         self.tier_of[chunk as usize] = to as u8;
-        self.max_fast = self.max_fast.max(self.occupancy[0] - self.leaving[0]);
+        self.note_fast();
     }
 
     /// Serves one access from the chunk's current tier.

@@ -30,12 +30,8 @@ pub use model::{Arch, Net};
 
 use super::{
     features::{chunk_features, sequence_features, Candidates, N_FEATURES, N_STEP_FEATURES},
-    HeatMap, Predictor, Result, SEED_KEEP,
+    HeatMap, Predictor, Result, SEED_FLOOR, SEED_KEEP,
 };
-
-/// Distance from the idle score below which a seeded score is done
-/// decaying.
-const SEED_FLOOR: f32 = 0.01;
 use crate::profile::{History, HISTORY_EPOCHS};
 
 /// Rows scored per forward pass: large enough to amortise dispatch, small
@@ -222,13 +218,8 @@ impl Predictor for LearnedPredictor {
         for (&c, &s) in chunks.iter().zip(&scores) {
             out.set(c as usize, s);
         }
-        if !self.seeded.is_empty() {
-            let mut scored = vec![false; n];
-            for &c in &chunks {
-                scored[c as usize] = true;
-            }
-            self.seeded.retain(|&c| !scored[c as usize]);
-        }
+        let cand = &self.cand;
+        self.seeded.retain(|&c| !cand.contains(c as usize));
         self.prev.clear();
         self.prev.extend_from_slice(&chunks);
         self.cand.chunks = chunks;
