@@ -277,7 +277,7 @@ fn touched_chunks(cfg: &PlayConfig, layout: &layout::Layout, chunk_size: u64) ->
 }
 
 /// Bytes the prefill writes at the start of each chunk.
-const PREFILL_BYTES: u64 = 4096;
+pub const PREFILL_BYTES: u64 = 4096;
 
 /// Writes [`PREFILL_BYTES`] of the play pattern at the start of each of
 /// `chunks`, in order, `qd` at a time.
@@ -289,7 +289,7 @@ fn write_starts(
     qd: usize,
     buf_len: usize,
 ) -> Result<()> {
-    let len = PREFILL_BYTES.min(chunk_size).min(buf_len as u64) as usize;
+    let len = PREFILL_BYTES.min(chunk_size) as usize;
     let io = |message: String| Error::Io {
         socket: socket.to_path_buf(),
         message,
@@ -426,7 +426,14 @@ struct Slot {
 pub fn play(cfg: &PlayConfig) -> Result<PlayReport> {
     cfg.validate()?;
     let scan = scan(cfg)?;
-    let buf_len = layout::MAX_REQUEST_BYTES.min(scan.longest.max(layout::SECTOR)) as usize;
+    // Room for the longest request, and for a prefill write (whose size
+    // replay's model of the prefill counts).
+    let longest = if cfg.prefill {
+        scan.longest.max(PREFILL_BYTES)
+    } else {
+        scan.longest
+    };
+    let buf_len = layout::MAX_REQUEST_BYTES.min(longest.max(layout::SECTOR)) as usize;
     let buf_len = buf_len.next_multiple_of(layout::SECTOR as usize);
     let mut client = Client::connect(&cfg.socket, 1, false, cfg.qd * buf_len)?;
     let capacity = client.capacity()? / layout::SECTOR * layout::SECTOR;

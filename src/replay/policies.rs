@@ -14,16 +14,12 @@ use super::{
 use crate::{
     config::TierDefinition,
     cost,
-    place::{recency::RecencyList, Move, Placer, PlacerParams},
+    place::{recency::RecencyList, Move, Placer, PlacerParams, UNPLACED},
+    play::PREFILL_BYTES,
     predict::{self, HeatMap, Predictor},
     profile::{ChunkCounters, History},
     trace::Access,
 };
-
-/// A chunk not placed yet (only while a prefill places them).
-const UNPLACED_SIM: u8 = u8::MAX;
-/// Bytes `tierblk play --prefill` writes at the start of each chunk.
-const PREFILL_BYTES: u32 = 4096;
 
 /// A placement policy replay can run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -539,7 +535,7 @@ impl Predictive {
         self.predictor.predict(&self.history, &mut self.heat);
         let t0 = sim.ctx.times.first().copied().unwrap_or(0.0);
         sim.now = t0 - epoch_secs;
-        sim.tier_of.fill(UNPLACED_SIM);
+        sim.tier_of.fill(UNPLACED);
         sim.occupancy.fill(0);
         sim.max_fast = 0;
         for c in 0..sim.ctx.footprint as u32 {
@@ -547,7 +543,7 @@ impl Predictive {
             sim.allocate(c, hint);
             let a = Access {
                 chunk: c,
-                bytes: PREFILL_BYTES,
+                bytes: PREFILL_BYTES as u32,
                 write: true,
                 sequential: c > 0,
                 first: true,
