@@ -251,15 +251,13 @@ fn hot_chunk_is_promoted_in_the_background_and_heat_map_survives_restart() {
     }
     // Chunks on tier 0 in the first stats snapshot numbered `seq` or more
     // (snapshots are numbered from 1 since the daemon opened the volume).
+    let stats = tierblk::stats::stats_path(&d.dir.path().join("state"), "vol0");
     let on_tier_0 = |d: &Daemon, seq: u64| {
-        let path = d.dir.path().join("state/stats/vol0.json");
         let t = std::time::Instant::now();
         loop {
-            if let Ok(text) = std::fs::read_to_string(&path) {
-                let s: serde_json::Value = serde_json::from_str(&text).unwrap();
-                let n = s["seq"].as_u64().unwrap();
-                if n >= seq {
-                    return (n, s["chunks_per_tier"][0]["chunks"].as_u64().unwrap());
+            if let Ok(s) = tierblk::stats::VolumeStats::load(&stats) {
+                if s.seq >= seq {
+                    return (s.seq, s.chunks_per_tier[0].chunks);
                 }
             }
             assert!(
@@ -279,7 +277,7 @@ fn hot_chunk_is_promoted_in_the_background_and_heat_map_survives_restart() {
     );
     assert!(d.stop().success());
     // The snapshots after the restart count from 1 again.
-    std::fs::remove_file(d.dir.path().join("state/stats/vol0.json")).unwrap();
+    std::fs::remove_file(&stats).unwrap();
     d.restart();
     assert!(
         d.log().contains("starting from its saved heat map"),
