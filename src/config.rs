@@ -460,7 +460,18 @@ pub struct PlacementSettings {
     /// 0 when the policy and the admission rule let it in (demand
     /// promotion).
     pub demand_promotion: bool,
+    /// Times per epoch the brain measures how far the accesses so far
+    /// deviate from the predicted heat map (0: never; see
+    /// [`crate::place::Deviation`]).
+    pub deviation_checks: u32,
+    /// Deviation (the share of accesses outside the predicted hot set,
+    /// minus the share usual for the volume) at which the brain re-tiers
+    /// at once instead of waiting for the epoch's end.
+    pub deviation_threshold: f64,
 }
+
+/// Most deviation checks per epoch (`placement.deviation_checks`).
+pub const MAX_DEVIATION_CHECKS: u32 = 100;
 
 impl Default for PlacementSettings {
     fn default() -> Self {
@@ -473,6 +484,8 @@ impl Default for PlacementSettings {
             plan_margin: 0.1,
             max_moves_per_epoch: 4096,
             demand_promotion: true,
+            deviation_checks: 4,
+            deviation_threshold: 0.3,
         }
     }
 }
@@ -500,6 +513,21 @@ impl PlacementSettings {
             if !(v.is_finite() && v >= 0.0) {
                 return Err(invalid(k, v, "must be a non-negative number"));
             }
+        }
+        if self.deviation_checks > MAX_DEVIATION_CHECKS {
+            return Err(invalid(
+                "placement.deviation_checks",
+                self.deviation_checks,
+                format!("must be at most {MAX_DEVIATION_CHECKS} (0: no checks)"),
+            ));
+        }
+        let t = self.deviation_threshold;
+        if !(t.is_finite() && t > 0.0 && t <= 1.0) {
+            return Err(invalid(
+                "placement.deviation_threshold",
+                t,
+                "must be a share in (0, 1]",
+            ));
         }
         if self.max_moves_per_epoch == 0 {
             return Err(invalid(

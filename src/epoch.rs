@@ -7,8 +7,12 @@
 //! it takes the misses the data path posted (chunks served from a slower
 //! tier, [`crate::volume::misses`]) and promotes those the placer admits
 //! (demand promotion, [`Placer::on_miss`]), a few at a time, every
-//! [`MISS_POLL`]. It never runs per I/O, and the data path never waits
-//! for it.
+//! [`MISS_POLL`]. A few times per epoch (`placement.deviation_checks`)
+//! it also measures how far the accesses so far deviate from the
+//! predicted heat map ([`crate::place::Deviation`]); past
+//! `placement.deviation_threshold` it ends the epoch at once (re-predicts
+//! and re-plans) and starts the next one from there. It never runs per
+//! I/O, and the data path never waits for it.
 //!
 //! The thread is supervised: a panic in an epoch is caught, logged and
 //! counted ([`BrainHealth`]), and the next epoch runs as usual; after
@@ -33,7 +37,7 @@ use log::{debug, error, warn};
 use crate::{
     config::PlacementSettings,
     migrate::{self, Outcome, RateLimiter},
-    place::{self, Move, Placer, PlacerParams},
+    place::{self, Deviation, Move, Placer, PlacerParams},
     predict::{HeatMap, Predictor},
     profile::History,
     volume::Volume,
@@ -83,6 +87,8 @@ pub struct EpochReport {
     pub prefetched: usize,
     /// Demand promotion since the epoch before.
     pub demand: DemandReport,
+    /// Ended early by a deviation check (re-tiering), not by the clock.
+    pub early: bool,
 }
 
 /// What demand promotion did between two epochs.
@@ -127,6 +133,8 @@ pub struct Brain {
     last_plan: Vec<Move>,
     /// Demand promotion since the last epoch.
     demand: DemandReport,
+    /// How far accesses stray from the heat map.
+    deviation: Deviation,
     health: Arc<BrainHealth>,
 }
 
@@ -150,6 +158,7 @@ impl Brain {
             .tiers()
             .get(fastest)
             .map_or(0, |t| (t.usage().1 / volume.chunk_size()) as usize);
+        let deviation = Deviation::new(n, fast_chunks, placement.deviation_threshold);
         let placer = Placer::new(PlacerParams {
             policy: volume.policy(),
             settings: placement,
@@ -164,6 +173,7 @@ impl Brain {
             epoch_secs: epoch.as_secs_f64(),
             last_plan: Vec::new(),
             demand: DemandReport::default(),
+            deviation,
             history: History::new(n),
             predictor,
             heat,
@@ -238,7 +248,13 @@ impl Brain {
         let Some(r) = self.supervised("an epoch", consecutive, Self::run_epoch)? else {
             return ControlFlow::Continue(());
         };
-        crate::stats::publish(&self.volume, &r);
+        self.publish(&r, start.elapsed());
+        ControlFlow::Continue(())
+    }
+
+    /// Publishes an epoch's report (stats file) and logs it.
+    fn publish(&self, r: &EpochReport, took: Duration) {
+        crate::stats::publish(&self.volume, r);
         let (m, d) = (&r.moves, &r.demand.moves);
         let level = if m.promoted + m.demoted + m.failed + d.promoted + d.failed > 0 {
             log::Level::Info
@@ -247,11 +263,11 @@ impl Brain {
         };
         log::log!(
             level,
-            "volume '{}': epoch {} ({:?}): {} moves planned, {} promoted, {} demoted, {} skipped, {} failed; \
+            "volume '{}': epoch {}{} ({took:?}): {} moves planned, {} promoted, {} demoted, {} skipped, {} failed; \
              since the epoch before: {} misses, {} promoted on demand, {} displaced, {} skipped, {} failed",
             self.volume.name(),
             r.epoch,
-            start.elapsed(),
+            if r.early { " (early: deviation)" } else { "" },
             r.planned,
             m.promoted,
             m.demoted,
@@ -263,7 +279,39 @@ impl Brain {
             d.skipped,
             d.failed,
         );
-        ControlFlow::Continue(())
+    }
+
+    /// Measures how far the accesses since the epoch began deviate from
+    /// the predicted heat map (kept in the volume's stats); past the
+    /// threshold, on a tiered volume, ends the epoch now and returns its
+    /// report (marked early).
+    pub fn check_deviation(&mut self) -> Option<EpochReport> {
+        let v = &*self.volume;
+        let c = self.deviation.check(v.counters());
+        v.served().note_deviation(&c);
+        if !(c.retier && v.metadata().tiering_enabled) {
+            debug!(
+                "volume '{}': deviation {:.2} ({} accesses, {:.2} cold, {:.2} usual)",
+                v.name(),
+                c.deviation,
+                c.accesses,
+                c.cold_share,
+                c.expected
+            );
+            return None;
+        }
+        log::info!(
+            "volume '{}': {:.0}% of {} accesses since the epoch began fell outside the predicted hot set \
+             ({:.0}% usual; deviation {:.2}): re-tiering now",
+            v.name(),
+            c.cold_share * 100.0,
+            c.accesses,
+            c.expected * 100.0,
+            c.deviation
+        );
+        let mut r = self.run_epoch();
+        r.early = true;
+        Some(r)
     }
 
     /// Runs one epoch now.
@@ -273,6 +321,7 @@ impl Brain {
         let v = &*volume;
         self.history.fold(v.counters());
         self.predictor.predict(&self.history, &mut self.heat);
+        self.deviation.on_epoch(&self.history, &self.heat);
         for (c, &s) in self.heat.scores().iter().enumerate() {
             v.set_score(c as u32, s);
         }
@@ -445,26 +494,52 @@ fn panic_message(payload: &(dyn Any + Send)) -> &str {
 }
 
 /// Starts the brain thread of a volume: one epoch every `epoch`, and
-/// rounds of misses in between, each supervised (see [`BrainHealth`]).
-/// The thread ends only when the brain gives up after
+/// rounds of misses and deviation checks in between, each supervised (see
+/// [`BrainHealth`]). An epoch a deviation check ends early starts the
+/// next one's clock. The thread ends only when the brain gives up after
 /// [`MAX_CONSECUTIVE_PANICS`] panicking steps in a row.
 pub fn spawn(mut brain: Brain, epoch: Duration) -> std::io::Result<thread::JoinHandle<()>> {
+    let checks = brain.placer.params().settings.deviation_checks;
+    // `checks` evenly spaced checks between two epochs.
+    let check_every = (checks > 0).then(|| epoch / (checks + 1));
     thread::Builder::new()
         .name(format!("brain-{}", brain.volume.name()))
         .spawn(move || {
-            // Epochs and rounds of misses each count their own run of
-            // panics: a round that works says nothing of the epochs.
-            let (mut epochs, mut rounds) = (0, 0);
+            // Epochs, rounds of misses and deviation checks each count
+            // their own run of panics: a round that works says nothing of
+            // the epochs.
+            let (mut epochs, mut rounds, mut deviations) = (0, 0, 0);
             loop {
-                let deadline = Instant::now() + epoch;
+                let mut deadline = Instant::now() + epoch;
+                let mut next_check = check_every.map(|d| Instant::now() + d);
                 while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+                    if let (Some(at), Some(every)) = (next_check, check_every) {
+                        if Instant::now() >= at && at < deadline {
+                            let start = Instant::now();
+                            match brain.supervised("a deviation check", &mut deviations, |b| {
+                                b.check_deviation()
+                            }) {
+                                ControlFlow::Break(()) => return,
+                                ControlFlow::Continue(Some(Some(r))) => {
+                                    brain.publish(&r, start.elapsed());
+                                    deadline = Instant::now() + epoch;
+                                    next_check = Some(Instant::now() + every);
+                                }
+                                ControlFlow::Continue(_) => next_check = Some(at + every),
+                            }
+                            continue;
+                        }
+                    }
                     let taken = brain.supervised("a round of misses", &mut rounds, |b| {
                         b.serve_misses(MISSES_PER_ROUND)
+                    });
+                    let until_check = next_check.map_or(left, |at| {
+                        at.saturating_duration_since(Instant::now()).min(left)
                     });
                     match taken {
                         ControlFlow::Break(()) => return,
                         ControlFlow::Continue(Some(n)) if n > 0 => {}
-                        _ => thread::sleep(left.min(MISS_POLL)),
+                        _ => thread::sleep(until_check.min(MISS_POLL)),
                     }
                 }
                 if brain.supervised_epoch(&mut epochs).is_break() {
@@ -854,5 +929,92 @@ mod tests {
             );
         }
         assert_chunks_hold_their_data(&v, 4);
+    }
+
+    /// Reads each of `chunks` `n` times (counted, as the data path counts
+    /// them).
+    fn read_chunks(v: &Volume, chunks: std::ops::Range<u32>, n: usize) {
+        for _ in 0..n {
+            for c in chunks.clone() {
+                v.record_access(false, c as u64 * CHUNK, 4096, false);
+            }
+        }
+    }
+
+    fn on_tier_0(v: &Volume, chunks: std::ops::Range<u32>) -> usize {
+        chunks
+            .filter(|&c| v.block_metadata(c).tier == Some(0))
+            .count()
+    }
+
+    /// A volume whose tier 0 holds 8 chunks, 4 of them hot (0..4) after
+    /// a few epochs of a brain that moves chunks between epochs only by a
+    /// deviation check, with the epoch length and checks given.
+    fn hot_set_on_tier_0(dir: &Path, epoch: Duration, checks: u32) -> (Arc<Volume>, Brain) {
+        let v = open_sized(dir, ["512KiB", "1MiB", "4MiB"], "2MiB", "");
+        write_cold(&v, 32);
+        let mut brain = Brain::new(
+            v.clone(),
+            crate::predict::load("ewma").unwrap(),
+            epoch,
+            0.0,
+            PlacementSettings {
+                demand_promotion: false,
+                deviation_checks: checks,
+                ..PlacementSettings::default()
+            },
+        );
+        for _ in 0..4 {
+            read_chunks(&v, 0..4, 20);
+            assert_eq!(brain.check_deviation(), None, "the usual accesses");
+            brain.run_epoch();
+        }
+        assert_eq!(on_tier_0(&v, 0..4), 4);
+        (v, brain)
+    }
+
+    #[test]
+    fn a_hot_set_that_jumps_mid_epoch_is_retiered_by_a_deviation_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let (v, mut brain) = hot_set_on_tier_0(dir.path(), Duration::from_secs(1), 4);
+        // Mid-epoch the hot set jumps to chunks 10..14.
+        read_chunks(&v, 10..14, 20);
+        let r = brain.check_deviation().expect("the jump is re-tiered now");
+        assert!(r.early && r.moves.promoted >= 4, "{r:?}");
+        assert_eq!(on_tier_0(&v, 10..14), 4, "the new hot set is on tier 0");
+        let stats = crate::stats::snapshot(&v);
+        assert!(
+            stats.cold_share == 1.0 && stats.deviation >= 0.3,
+            "{stats:?}"
+        );
+        assert_chunks_hold_their_data(&v, 32);
+    }
+
+    #[test]
+    fn the_brain_thread_retiers_a_jump_before_the_epoch_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        // Checks every 0.5 s of a 6 s epoch.
+        let epoch = Duration::from_secs(6);
+        let (v, brain) = hot_set_on_tier_0(dir.path(), epoch, 11);
+        let jump = Instant::now();
+        let _thread = spawn(brain, epoch).unwrap();
+        read_chunks(&v, 10..14, 20);
+        while on_tier_0(&v, 10..14) < 4 {
+            assert!(
+                jump.elapsed() < epoch,
+                "the new hot set is still off tier 0 when the epoch ends"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+        let took = jump.elapsed();
+        // The stats file is written after the moves.
+        while crate::stats::snapshot(&v).early_epochs == 0 {
+            assert!(
+                jump.elapsed() < epoch,
+                "no early epoch counted after {took:?}"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+        assert_chunks_hold_their_data(&v, 32);
     }
 }

@@ -103,6 +103,15 @@ struct ReplayArgs {
     /// on a slower tier and the placer admits it.
     #[arg(long, value_name = "BOOL")]
     demand_promotion: Option<bool>,
+    /// Overrides `placement.deviation_checks` (default 4): deviation
+    /// checks between two epochs; 0 turns them off.
+    #[arg(long, value_name = "N")]
+    deviation_checks: Option<u32>,
+    /// Overrides `placement.deviation_threshold` (default 0.3): the
+    /// deviation from the predicted heat map at which a check ends the
+    /// epoch early.
+    #[arg(long, value_name = "SHARE")]
+    deviation_threshold: Option<f64>,
     /// Start tierblk's runs from the volume `tierblk play --prefill`
     /// leaves: every chunk the slice touches written once, in address
     /// order, placed by the allocation hint, one epoch before the trace
@@ -380,6 +389,8 @@ fn run(cli: Cli) -> tierblk::Result<()> {
             p.protected_share = a.protected_share.unwrap_or(p.protected_share);
             p.admit_slack = a.admit_slack.unwrap_or(p.admit_slack);
             p.demand_promotion = a.demand_promotion.unwrap_or(p.demand_promotion);
+            p.deviation_checks = a.deviation_checks.unwrap_or(p.deviation_checks);
+            p.deviation_threshold = a.deviation_threshold.unwrap_or(p.deviation_threshold);
             p.prefetch_min = a.prefetch_min.unwrap_or(p.prefetch_min);
             p.prefetch_margin = a.prefetch_margin.unwrap_or(p.prefetch_margin);
             p.plan_margin = a.plan_margin.unwrap_or(p.plan_margin);

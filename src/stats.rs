@@ -22,7 +22,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{cost, epoch::EpochReport, volume::Volume};
+use crate::{cost, epoch::EpochReport, place::Check, volume::Volume};
 
 /// Folder of the stats files, under the daemon's `state_dir`.
 pub const STATS_DIR: &str = "stats";
@@ -62,6 +62,11 @@ pub struct VolumeCounters {
     demotions: AtomicU64,
     prefetches: AtomicU64,
     demand_promotions: AtomicU64,
+    early_epochs: AtomicU64,
+    /// The last deviation check's figures (f64 bits).
+    cold_share: AtomicU64,
+    expected_cold_share: AtomicU64,
+    deviation: AtomicU64,
     published: AtomicU64,
     last_publish_ms: AtomicU64,
     opened_ms: u64,
@@ -80,6 +85,10 @@ impl Default for VolumeCounters {
             demotions: AtomicU64::new(0),
             prefetches: AtomicU64::new(0),
             demand_promotions: AtomicU64::new(0),
+            early_epochs: AtomicU64::new(0),
+            cold_share: AtomicU64::new(0),
+            expected_cold_share: AtomicU64::new(0),
+            deviation: AtomicU64::new(0),
             published: AtomicU64::new(0),
             last_publish_ms: AtomicU64::new(0),
             opened_ms: unix_ms(SystemTime::now()),
@@ -112,6 +121,15 @@ impl VolumeCounters {
             .fetch_add((r.moves.demoted + d.demoted) as u64, Relaxed);
         self.prefetches.fetch_add(r.prefetched as u64, Relaxed);
         self.demand_promotions.fetch_add(d.promoted as u64, Relaxed);
+        self.early_epochs.fetch_add(u64::from(r.early), Relaxed);
+    }
+
+    /// Keeps the figures of the brain's last deviation check.
+    pub fn note_deviation(&self, c: &Check) {
+        self.cold_share.store(c.cold_share.to_bits(), Relaxed);
+        self.expected_cold_share
+            .store(c.expected.to_bits(), Relaxed);
+        self.deviation.store(c.deviation.to_bits(), Relaxed);
     }
 }
 
@@ -164,6 +182,16 @@ pub struct VolumeStats {
     /// dropped because the volume's queue was full.
     pub misses_posted: u64,
     pub misses_dropped: u64,
+    /// The brain's last deviation check (`crate::place::Deviation`): the
+    /// share of the accesses since the epoch began that fell outside the
+    /// predicted hot set, the share usual for this volume, and the
+    /// difference (0 before the first check, and while too few accesses
+    /// were counted to tell).
+    pub cold_share: f64,
+    pub expected_cold_share: f64,
+    pub deviation: f64,
+    /// Epochs a deviation check ended early to re-tier at once.
+    pub early_epochs: u64,
     /// Where the volume's allocated chunks are now, fastest tier first.
     pub chunks_per_tier: Vec<TierChunks>,
     /// Monthly cost of the current placement (`cost_per_gb` of each tier).
@@ -254,6 +282,10 @@ pub fn snapshot(v: &Volume) -> VolumeStats {
         demand_promotions: c.demand_promotions.load(Relaxed),
         misses_posted: v.misses().posted(),
         misses_dropped: v.misses().dropped(),
+        cold_share: f64::from_bits(c.cold_share.load(Relaxed)),
+        expected_cold_share: f64::from_bits(c.expected_cold_share.load(Relaxed)),
+        deviation: f64::from_bits(c.deviation.load(Relaxed)),
+        early_epochs: c.early_epochs.load(Relaxed),
         chunks_per_tier: defs
             .iter()
             .zip(&chunks)

@@ -9,13 +9,17 @@
 //!   moved back by the other;
 //! - [`FastTier`], the recency-protected, score-evicted management of
 //!   tier 0 (gated by the same policy);
-//! - [`plan`], the per-epoch promotions and demotions of the slower tiers.
+//! - [`plan`], the per-epoch promotions and demotions of the slower tiers;
+//! - [`Deviation`], which says when accesses strayed so far from the
+//!   predicted heat map that the epoch should end at once.
 
+mod deviation;
 mod fast_tier;
 mod placer;
 mod plan;
 pub mod recency;
 
+pub use deviation::{Check, Deviation};
 pub use fast_tier::{FastTier, FastTierConfig, MissAction};
 pub use placer::{Placer, PlacerParams};
 

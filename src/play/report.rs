@@ -27,8 +27,10 @@ pub struct OpReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct DaemonReport {
     pub stats_file: String,
-    /// Epochs (snapshots) between the two.
+    /// Epochs (snapshots) between the two, and how many of them a
+    /// deviation check ended early.
     pub epochs: u64,
+    pub early_epochs: u64,
     /// Chunk accesses (one per chunk a request touches), reads and writes.
     pub accesses: u64,
     pub read_accesses: u64,
@@ -58,6 +60,7 @@ impl DaemonReport {
         Self {
             stats_file: path.display().to_string(),
             epochs: d(a.seq, b.seq),
+            early_epochs: d(a.early_epochs, b.early_epochs),
             accesses: rf + ro + wf + wo,
             read_accesses: rf + ro,
             fast_hits: rf + wf,
@@ -190,9 +193,10 @@ impl PlayReport {
                     .collect();
                 let _ = writeln!(
                     s,
-                    "daemon ({} epochs): fast-tier hit ratio {:.4} ({} of {} chunk accesses; reads {:.4}), \
+                    "daemon ({} epochs, {} early): fast-tier hit ratio {:.4} ({} of {} chunk accesses; reads {:.4}), \
                      promoted {:.1} MiB, demoted {:.1} MiB, {} prefetches, cost/month {:.4} (all on tier 0: {:.4}), chunks: {}",
                     d.epochs,
+                    d.early_epochs,
                     d.fast_hit_ratio,
                     d.fast_hits,
                     d.accesses,

@@ -150,6 +150,17 @@ impl ChunkCounters {
         }
     }
 
+    /// Reads (without taking) the accesses counted so far, calling
+    /// `f(chunk, reads + writes)` for each chunk with at least one.
+    pub fn peek(&self, mut f: impl FnMut(usize, u32)) {
+        for (i, s) in self.slots.iter().enumerate() {
+            let n = s.reads.load(Relaxed).saturating_add(s.writes.load(Relaxed));
+            if n > 0 {
+                f(i, n);
+            }
+        }
+    }
+
     /// Number of bumps that named a chunk outside the volume.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Relaxed)

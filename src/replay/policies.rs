@@ -14,7 +14,7 @@ use super::{
 use crate::{
     config::TierDefinition,
     cost,
-    place::{recency::RecencyList, Move, Placer, PlacerParams, UNPLACED},
+    place::{recency::RecencyList, Deviation, Move, Placer, PlacerParams, UNPLACED},
     play::PREFILL_BYTES,
     predict::{self, HeatMap, Predictor},
     profile::{ChunkCounters, History},
@@ -113,6 +113,8 @@ struct Sim<'a> {
     /// The copy engine is busy until then (moves are copied one at a time).
     busy_until: f64,
     skipped: u64,
+    /// Epochs a deviation check ended early.
+    early_epochs: u64,
 }
 
 impl<'a> Sim<'a> {
@@ -144,6 +146,7 @@ impl<'a> Sim<'a> {
             moving: vec![false; ctx.footprint],
             busy_until: 0.0,
             skipped: 0,
+            early_epochs: 0,
         }
     }
 
@@ -179,6 +182,7 @@ impl<'a> Sim<'a> {
         self.cost_sum = 0.0;
         self.cost_samples = 0;
         self.skipped = 0;
+        self.early_epochs = 0;
     }
 
     /// Whether a chunk moved now (behind the moves in flight, as the
@@ -344,6 +348,7 @@ impl<'a> Sim<'a> {
             max_fast_chunks: self.max_fast,
             predict_secs,
             moves_skipped: self.skipped,
+            early_epochs: self.early_epochs,
         })
     }
 }
@@ -355,16 +360,26 @@ trait Policy {
     /// Called between epochs, after the last access of the epoch, which
     /// lasted `secs` of trace time.
     fn epoch(&mut self, _sim: &mut Sim<'_>, _secs: f64) {}
+    /// A deviation check between epochs (epochs in seconds only): true
+    /// when it ended the epoch early, so the next one starts now.
+    fn check(&mut self, _sim: &mut Sim<'_>, _secs: f64) -> bool {
+        false
+    }
 }
 
 /// Feeds the accesses to `policy` and ends epochs at the configured
 /// cadence: every `epoch_secs` of trace time (idle epochs included, as
-/// the daemon's clock runs them), or every `n` requests.
+/// the daemon's clock runs them), with `placement.deviation_checks`
+/// evenly spaced checks in between, as the brain runs them (an epoch a
+/// check ends early starts the next one's clock); or every `n` requests.
 fn drive(ctx: &Context<'_>, sim: &mut Sim<'_>, policy: &mut dyn Policy) {
     let mut in_epoch = 0u64;
     let mut request = 0usize;
     let mut start = ctx.times.first().copied().unwrap_or(0.0);
     let mut last = start;
+    let checks = ctx.cfg.placement.deviation_checks;
+    let mut next_check = 1;
+    let mut accessed = false;
     for (i, a) in ctx.accesses.iter().enumerate() {
         if a.first {
             let t = ctx.times.get(request).copied().unwrap_or(last).max(last);
@@ -381,17 +396,39 @@ fn drive(ctx: &Context<'_>, sim: &mut Sim<'_>, policy: &mut dyn Policy) {
                     }
                 }
                 Epoch::Secs(s) => {
-                    while t >= start + s {
-                        start += s;
-                        sim.advance(start);
-                        policy.epoch(sim, s);
-                        sim.sample_cost();
+                    let every = s / f64::from(checks + 1);
+                    loop {
+                        if next_check <= checks && t >= start + every * f64::from(next_check) {
+                            let at = start + every * f64::from(next_check);
+                            next_check += 1;
+                            // With no access since the last check the
+                            // figures are the same: nothing to re-tier.
+                            if accessed {
+                                accessed = false;
+                                sim.advance(at);
+                                if policy.check(sim, s) {
+                                    sim.sample_cost();
+                                    start = at;
+                                    next_check = 1;
+                                }
+                            }
+                        } else if t >= start + s {
+                            start += s;
+                            sim.advance(start);
+                            policy.epoch(sim, s);
+                            sim.sample_cost();
+                            next_check = 1;
+                            accessed = false;
+                        } else {
+                            break;
+                        }
                     }
                 }
             }
             in_epoch += 1;
             sim.advance(t);
         }
+        accessed = true;
         policy.access(sim, i, a);
     }
 }
@@ -491,6 +528,7 @@ pub(super) struct Predictive {
     history: History,
     heat: HeatMap,
     placer: Placer,
+    deviation: Deviation,
     demand_promotion: bool,
     predict_secs: f64,
     /// Every epoch's plan, in order (for tests comparing with the daemon).
@@ -518,6 +556,11 @@ impl Predictive {
                 chunk_size: cfg.chunk_size,
                 migration_mibps: cfg.migration_mibps,
             }),
+            deviation: Deviation::new(
+                ctx.footprint,
+                ctx.capacity[0] as usize,
+                cfg.placement.deviation_threshold,
+            ),
             demand_promotion: cfg.placement.demand_promotion,
             predict_secs: 0.0,
             plans: Vec::new(),
@@ -593,6 +636,7 @@ impl Policy for Predictive {
         let t = Instant::now();
         self.predictor.predict(&self.history, &mut self.heat);
         self.predict_secs += t.elapsed().as_secs_f64();
+        self.deviation.on_epoch(&self.history, &self.heat);
         let (current, capacity) = sim.planner_view();
         let plan = self
             .placer
@@ -604,6 +648,15 @@ impl Policy for Predictive {
         }
         self.start(sim, &plan.moves);
         self.plans.push(plan.moves);
+    }
+
+    fn check(&mut self, sim: &mut Sim<'_>, secs: f64) -> bool {
+        if !self.deviation.check(&self.counters).retier {
+            return false;
+        }
+        sim.early_epochs += 1;
+        self.epoch(sim, secs);
+        true
     }
 }
 

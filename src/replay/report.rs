@@ -30,6 +30,8 @@ pub struct RunReport {
     /// Planned moves that did not happen (the chunk was being moved, or
     /// the target had no room), as the daemon's migration skips them.
     pub moves_skipped: u64,
+    /// Epochs a deviation check ended early to re-tier at once.
+    pub early_epochs: u64,
 }
 
 /// Results of a replay.
