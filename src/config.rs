@@ -1033,6 +1033,19 @@ tiering_policy = "cost-optimized"
     }
 
     #[test]
+    fn strings_with_long_runs_of_quotes_print_and_read_back() {
+        // Found by AFL (fuzz target `config`, 10 M runs): toml 0.8's writer
+        // counted a run of quotes in a u8, so `check-config` panicked (or,
+        // in a release build, could print a wrong string) on a path with
+        // more than 255 quotes in a row. toml 1's writer saturates.
+        let odd = format!("/tmp/{}x{}", "'".repeat(300), "\"".repeat(300));
+        let mut c = Config::parse(GOOD).unwrap();
+        c.daemon.state_dir = PathBuf::from(&odd);
+        let text = toml::to_string_pretty(&c).unwrap();
+        assert_eq!(Config::parse(&text).unwrap(), c);
+    }
+
+    #[test]
     fn serial_too_long_by_default_names_the_volume_name() {
         // Found by fuzz_config_one_edit_names_the_key: a 21-byte volume
         // name failed as `serial`, a key the config does not contain.

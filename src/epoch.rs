@@ -21,7 +21,6 @@
 //! path never waits for the brain.
 
 use std::{
-    any::Any,
     ops::ControlFlow,
     panic::{self, AssertUnwindSafe},
     sync::{
@@ -34,9 +33,11 @@ use std::{
 
 use log::{debug, error, warn};
 
+use std::collections::HashMap;
+
 use crate::{
     config::PlacementSettings,
-    migrate::{self, Outcome, RateLimiter},
+    migrate::{mover, Budget, Done, Job, MoverThread, Outcome, Pacer},
     place::{self, Deviation, Move, Placer, PlacerParams},
     predict::{HeatMap, Predictor},
     profile::History,
@@ -48,10 +49,15 @@ use crate::{
 pub const MAX_CONSECUTIVE_PANICS: u32 = 5;
 
 /// How often the brain looks for misses between epochs.
-pub const MISS_POLL: Duration = Duration::from_millis(10);
+pub const MISS_POLL: Duration = Duration::from_millis(5);
 
 /// Most misses taken in one round, so a round never delays an epoch long.
 const MISSES_PER_ROUND: usize = 64;
+
+/// Most moves queued for the mover thread: past this the brain takes no
+/// more misses (they wait in the volume's miss queue, which drops what
+/// does not fit) until the mover catches up.
+pub const MAX_QUEUED_MOVES: usize = 16_384;
 
 /// How a brain thread fares, shared with whoever watches it (get it with
 /// [`Brain::health`] before [`spawn`]).
@@ -119,12 +125,36 @@ impl std::ops::AddAssign for MoveCounts {
     }
 }
 
+/// Where a brain's moves are carried out.
+enum Mover {
+    /// On the brain's own thread, before the call that planned them
+    /// returns (tests; a brain before [`spawn`]).
+    Inline(Pacer),
+    /// On the volume's mover thread, while the brain goes on.
+    Thread(MoverThread),
+}
+
 pub struct Brain {
     volume: Arc<Volume>,
     history: History,
     predictor: Box<dyn Predictor>,
     heat: HeatMap,
-    limiter: RateLimiter,
+    /// The daemon's migration budget and this volume's slot in it.
+    budget: Arc<Budget>,
+    slot: usize,
+    mover: Mover,
+    /// Chunks sent to the mover thread and not reported back yet: the
+    /// tier (fastest-first index) the last of their moves goes to, and
+    /// how many of their moves are queued.
+    in_flight: HashMap<u32, (u8, u32)>,
+    /// Per tier (fastest-first index): chunks of room the moves not yet
+    /// finished will free (+) or take (-), beyond what the tiers' usage
+    /// shows now.
+    pending_room: Vec<i64>,
+    /// Planned moves finished since the last epoch, and the prefetches
+    /// among them.
+    planned_done: MoveCounts,
+    prefetched_done: usize,
     /// The volume's placement engine.
     placer: Placer,
     /// Epoch length, seconds (the placer's move budget).
@@ -139,8 +169,10 @@ pub struct Brain {
 }
 
 impl Brain {
-    /// `migration_mibps` bounds migration bandwidth; the epoch's move budget
-    /// is what that rate copies in one epoch (see [`Placer::move_budget`]).
+    /// `migration_mibps` bounds migration bandwidth (this volume's alone;
+    /// see [`Brain::with_budget`] for the daemon's shared budget); the
+    /// epoch's move budget is what that rate copies in one epoch (see
+    /// [`Placer::move_budget`]).
     pub fn new(
         volume: Arc<Volume>,
         mut predictor: Box<dyn Predictor>,
@@ -168,8 +200,16 @@ impl Brain {
             chunk_size: volume.chunk_size(),
             migration_mibps,
         });
+        let budget = Arc::new(Budget::new(migration_mibps, 1));
         Self {
             placer,
+            mover: Mover::Inline(Pacer::new(Arc::clone(&budget), 0)),
+            budget,
+            slot: 0,
+            in_flight: HashMap::new(),
+            pending_room: vec![0; volume.tiers().ids().len()],
+            planned_done: MoveCounts::default(),
+            prefetched_done: 0,
             epoch_secs: epoch.as_secs_f64(),
             last_plan: Vec::new(),
             demand: DemandReport::default(),
@@ -177,10 +217,28 @@ impl Brain {
             history: History::new(n),
             predictor,
             heat,
-            limiter: RateLimiter::new(migration_mibps),
             volume,
             health: Arc::default(),
         }
+    }
+
+    /// Copies at volume `slot`'s share of `budget`, the daemon-wide
+    /// migration budget, instead of a budget of its own.
+    pub fn with_budget(mut self, budget: Arc<Budget>, slot: usize) -> Self {
+        self.mover = Mover::Inline(Pacer::new(Arc::clone(&budget), slot));
+        self.budget = budget;
+        self.slot = slot;
+        self
+    }
+
+    /// Moves are carried out on a mover thread of the volume's own from
+    /// now on (the brain goes on while chunks are copied).
+    fn start_mover(&mut self) -> std::io::Result<()> {
+        if let Mover::Inline(_) = self.mover {
+            let pacer = Pacer::new(Arc::clone(&self.budget), self.slot);
+            self.mover = Mover::Thread(MoverThread::spawn(Arc::clone(&self.volume), pacer)?);
+        }
+        Ok(())
     }
 
     /// This brain's panic counter and stop flag, readable while its thread
@@ -221,7 +279,7 @@ impl Brain {
             }
             Err(payload) => {
                 *consecutive += 1;
-                let msg = panic_message(payload.as_ref());
+                let msg = crate::error::panic_message(payload.as_ref());
                 if *consecutive >= MAX_CONSECUTIVE_PANICS {
                     self.health.stopped.store(true, Ordering::Relaxed);
                     error!(
@@ -328,9 +386,12 @@ impl Brain {
         if let Err(e) = v.store().put_heatmap(v.name(), &self.heat.to_bytes()) {
             warn!("volume '{}': saving heat map: {e}", v.name());
         }
+        self.collect();
         let mut report = EpochReport {
             epoch: self.history.epoch(),
             demand: std::mem::take(&mut self.demand),
+            moves: std::mem::take(&mut self.planned_done),
+            prefetched: std::mem::take(&mut self.prefetched_done),
             ..Default::default()
         };
         self.last_plan.clear();
@@ -342,8 +403,12 @@ impl Brain {
         let cs = v.chunk_size();
         // Unallocated chunks have no tier: the allocation hint places them
         // when they are written.
+        // A chunk on its way counts where it goes, as the placer has it.
         let current: Vec<u8> = (0..v.chunk_count())
-            .map(|c| v.tier_index(c).map_or(place::UNPLACED, |t| t as u8))
+            .map(|c| match self.in_flight.get(&c) {
+                Some(&(to, _)) => to,
+                None => v.tier_index(c).map_or(place::UNPLACED, |t| t as u8),
+            })
             .collect();
         let capacity: Vec<u64> = ids
             .iter()
@@ -353,10 +418,13 @@ impl Brain {
                     return u64::MAX;
                 }
                 let (used, total) = v.tiers().get(id).map(|t| t.usage()).unwrap_or((0, 0));
-                let mine = current.iter().filter(|&&t| t as usize == i).count() as u64;
-                mine + (total - used) / cs
+                let mine = current.iter().filter(|&&t| t as usize == i).count() as i64;
+                let free = (total.saturating_sub(used) / cs) as i64 + self.pending_room[i];
+                (mine + free).max(0) as u64
             })
             .collect();
+        self.placer
+            .set_migration_mibps(self.budget.expected_share(self.slot));
         let moves = self.placer.plan_epoch(
             &self.history,
             &self.heat,
@@ -367,7 +435,19 @@ impl Brain {
         let moves = moves.moves;
         report.planned = moves.len();
         self.last_plan.clone_from(&moves);
-        (report.moves, report.prefetched) = self.carry_out(&moves, true);
+        let jobs = moves
+            .iter()
+            .map(|&m| Job {
+                m,
+                planned: true,
+                prefetch: m.to < m.from && self.history.count(m.chunk as usize, 0) == 0,
+            })
+            .collect();
+        self.carry_out(jobs);
+        // Moves carried out inline are this epoch's; the mover thread's
+        // are reported with the epoch after they finish.
+        report.moves += std::mem::take(&mut self.planned_done);
+        report.prefetched += std::mem::take(&mut self.prefetched_done);
         report
     }
 
@@ -382,99 +462,156 @@ impl Brain {
         let v = &*volume;
         let enabled =
             v.metadata().tiering_enabled && self.placer.params().settings.demand_promotion;
+        self.collect();
+        if let Mover::Thread(t) = &self.mover {
+            if t.queued() >= MAX_QUEUED_MOVES {
+                return 0;
+            }
+        }
         let ids = v.tiers().ids();
         let cs = v.chunk_size();
         let mut taken = 0;
-        let mut moved = false;
+        // The round's moves in order (a displacement before the promotion
+        // that needs its room; a chunk promoted early in the round may be
+        // displaced later in it).
+        let mut jobs = Vec::new();
+        // Room this round's moves will take (-) and free (+).
+        let mut round = vec![0i64; ids.len()];
         while taken < max {
             let Some(chunk) = v.misses().pop() else {
                 break;
             };
             taken += 1;
-            if !enabled {
+            if !enabled || self.in_flight.contains_key(&chunk) {
                 continue;
             }
             let Some(from) = v.tier_index(chunk).filter(|&t| t > 0) else {
                 continue;
             };
+            let pending = &self.pending_room;
             let room = |t: usize| {
                 v.tiers().get(ids[t]).is_some_and(|tier| {
                     let (used, total) = tier.usage();
-                    total.saturating_sub(used) >= cs
+                    (total.saturating_sub(used) / cs) as i64 + pending[t] + round[t] > 0
                 })
             };
             let score = self.heat.score(chunk as usize);
             let plan = self.placer.on_miss(chunk, from, score, &self.heat, room);
-            let (t, _) = self.carry_out(&plan.moves, false);
-            moved |= t.promoted + t.demoted > 0;
-            self.demand.moves += t;
+            for m in plan.moves {
+                round[m.to as usize] -= 1;
+                round[m.from as usize] += 1;
+                jobs.push(Job {
+                    m,
+                    planned: false,
+                    prefetch: false,
+                });
+            }
         }
         self.demand.misses += taken;
-        if moved {
-            if let Err(e) = v.flush() {
-                warn!("volume '{}': committing promotions: {e}", v.name());
-            }
+        if !jobs.is_empty() {
+            self.carry_out(jobs);
         }
         taken
     }
 
-    /// Carries out `moves` in order (tiers as fastest-first indexes),
-    /// telling the placer of each that did not happen. `planned`: moves of
-    /// an epoch's plan (a promotion of a chunk idle in the epoch before is
-    /// a prefetch), not of a miss. Returns what came of them and the
-    /// prefetches.
-    fn carry_out(&mut self, moves: &[Move], planned: bool) -> (MoveCounts, usize) {
+    /// Carries out `jobs` in order, inline or on the mover thread.
+    fn carry_out(&mut self, jobs: Vec<Job>) {
+        match &mut self.mover {
+            Mover::Inline(pacer) => {
+                // Done (and committed) before this returns: no room is
+                // pending.
+                let done = mover::execute(&self.volume, &jobs, pacer, true);
+                self.account(done);
+            }
+            Mover::Thread(t) => {
+                for j in &jobs {
+                    let e = self.in_flight.entry(j.m.chunk).or_insert((j.m.to, 0));
+                    *e = (j.m.to, e.1 + 1);
+                    self.pending_room[j.m.to as usize] -= 1;
+                    self.pending_room[j.m.from as usize] += 1;
+                }
+                if !t.send(jobs.clone()) {
+                    error!(
+                        "volume '{}': the mover thread is gone; {} moves not carried out",
+                        self.volume.name(),
+                        jobs.len()
+                    );
+                    for j in &jobs {
+                        self.done_with(j.m.chunk);
+                        self.pending_room[j.m.to as usize] += 1;
+                        self.pending_room[j.m.from as usize] -= 1;
+                        self.placer.skipped(&j.m);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes what the mover thread finished since the last call.
+    fn collect(&mut self) {
+        let Mover::Thread(t) = &mut self.mover else {
+            return;
+        };
+        let done = t.finished();
+        // The mover commits each list at its end: the usage the tiers
+        // show now includes these moves.
+        for d in &done {
+            self.done_with(d.job.m.chunk);
+            self.pending_room[d.job.m.to as usize] += 1;
+            self.pending_room[d.job.m.from as usize] -= 1;
+        }
+        self.account(done);
+    }
+
+    /// One queued move of `chunk` is over.
+    fn done_with(&mut self, chunk: u32) {
+        if let Some(e) = self.in_flight.get_mut(&chunk) {
+            e.1 -= 1;
+            if e.1 == 0 {
+                self.in_flight.remove(&chunk);
+            }
+        }
+    }
+
+    /// Counts what came of moves (an epoch's plan or misses) and tells
+    /// the placer of each that did not happen.
+    fn account(&mut self, done: Vec<Done>) {
         let v = &*self.volume;
         let ids = v.tiers().ids();
-        let mut t = MoveCounts::default();
-        let mut prefetched = 0;
-        for (i, m) in moves.iter().enumerate() {
-            let to = ids[m.to as usize];
-            match migrate::migrate_chunk(v, m.chunk, to, &mut self.limiter) {
+        for d in done {
+            let m = d.job.m;
+            let t = if d.job.planned {
+                &mut self.planned_done
+            } else {
+                &mut self.demand.moves
+            };
+            match d.result {
                 Ok(Outcome::Moved { .. }) => {
                     if m.to < m.from {
                         t.promoted += 1;
-                        if planned && self.history.count(m.chunk as usize, 0) == 0 {
-                            prefetched += 1;
-                        }
+                        self.prefetched_done += usize::from(d.job.prefetch);
                     } else {
                         t.demoted += 1;
                     }
-                    // The old extent is free only once the switch is
-                    // committed; the plan counts on its room for a later
-                    // move into that tier (a swap), so commit now.
-                    if moves[i + 1..].iter().any(|n| n.to == m.from) {
-                        if let Err(e) = v.flush() {
-                            warn!("volume '{}': committing a migration: {e}", v.name());
-                        }
-                    }
                 }
                 Ok(Outcome::Skipped(why)) => {
-                    self.placer.skipped(m);
+                    t.skipped += 1;
+                    self.placer.skipped(&m);
                     debug!(
-                        "volume '{}': chunk {} not moved from tier {} to {}: {why:?}",
+                        "volume '{}': chunk {} not moved from tier {:?} to {:?}: {why:?}",
                         v.name(),
                         m.chunk,
-                        ids[m.from as usize],
-                        to
+                        ids.get(m.from as usize),
+                        ids.get(m.to as usize)
                     );
-                    t.skipped += 1;
                 }
                 Err(e) => {
-                    self.placer.skipped(m);
-                    warn!("volume '{}': {e}", v.name());
                     t.failed += 1;
+                    self.placer.skipped(&m);
+                    warn!("volume '{}': {e}", v.name());
                 }
             }
         }
-        if planned && t.promoted + t.demoted > 0 {
-            // Make this epoch's switches durable and free the old extents,
-            // whether or not the guest flushes.
-            if let Err(e) = v.flush() {
-                warn!("volume '{}': committing migrations: {e}", v.name());
-            }
-        }
-        (t, prefetched)
     }
 
     /// The moves the last epoch planned, in order (tiers as fastest-first
@@ -484,21 +621,16 @@ impl Brain {
     }
 }
 
-/// The message of a caught panic (`panic!` with a literal or a format).
-fn panic_message(payload: &(dyn Any + Send)) -> &str {
-    payload
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("(panic without a message)")
-}
-
-/// Starts the brain thread of a volume: one epoch every `epoch`, and
+/// Starts the brain thread of a volume, and its mover thread, which
+/// carries out the brain's moves from then on (an epoch's moves are
+/// reported with the first epoch after they finish): one epoch every
+/// `epoch`, and
 /// rounds of misses and deviation checks in between, each supervised (see
 /// [`BrainHealth`]). An epoch a deviation check ends early starts the
 /// next one's clock. The thread ends only when the brain gives up after
 /// [`MAX_CONSECUTIVE_PANICS`] panicking steps in a row.
 pub fn spawn(mut brain: Brain, epoch: Duration) -> std::io::Result<thread::JoinHandle<()>> {
+    brain.start_mover()?;
     let checks = brain.placer.params().settings.deviation_checks;
     // `checks` evenly spaced checks between two epochs.
     let check_every = (checks > 0).then(|| epoch / (checks + 1));
@@ -774,6 +906,45 @@ mod tests {
         let mut buf = [0u8; 8192];
         v.read_at(0, &mut buf).unwrap();
         assert!(buf[..4096].iter().all(|&b| b == 9) && buf[4096..].iter().all(|&b| b == 8));
+    }
+
+    #[test]
+    fn epochs_keep_their_length_while_the_mover_copies() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = open_sized(dir.path(), ["4MiB", "4MiB", "8MiB"], "4MiB", "");
+        write_cold(&v, 64);
+        // At 1 MiB/s an epoch of 0.4 s moves 6 chunks of 64 KiB, which
+        // take 0.375 s to copy: copied on the brain's thread, every epoch
+        // would last about 0.8 s.
+        let epoch = Duration::from_millis(400);
+        let mut brain = Brain::new(
+            v.clone(),
+            crate::predict::load("ewma").unwrap(),
+            epoch,
+            1.0,
+            PlacementSettings {
+                demand_promotion: false,
+                deviation_checks: 0,
+                ..PlacementSettings::default()
+            },
+        );
+        // Every chunk is hot: there is more to promote than the epochs can
+        // move.
+        read_chunks(&v, 0..64, 20);
+        brain.run_epoch();
+        let before = crate::stats::snapshot(&v).seq;
+        let start = Instant::now();
+        let _thread = spawn(brain, epoch).unwrap();
+        thread::sleep(Duration::from_millis(2400));
+        let s = crate::stats::snapshot(&v);
+        let epochs = s.seq - before;
+        assert!(
+            epochs >= 5,
+            "{epochs} epochs of 0.4 s in {:?} while migrating",
+            start.elapsed()
+        );
+        assert!(s.bytes_promoted > 0, "{s:?}");
+        assert!(on_tier_0(&v, 0..64) > 0);
     }
 
     #[test]

@@ -28,6 +28,7 @@ use crate::{
     config::Config,
     epoch::Brain,
     meta::Store,
+    migrate::Budget,
     predict::{HeatMap, Predictor},
     profile::{initial_heat_map, VmProfile},
     tier::TierSet,
@@ -239,21 +240,27 @@ pub fn open(cfg: &Config, opts: &ServeOptions) -> crate::Result<Opened> {
     let mut brains = Vec::new();
     let mut unserved = Vec::new();
     let epoch = Duration::from_secs_f64(cfg.daemon.epoch_secs);
-    for (meta, prep) in cfg.volumes.iter().zip(prepared) {
+    // One migration budget for the whole daemon, shared by the volumes
+    // migrating at the time.
+    let budget = Arc::new(Budget::new(cfg.daemon.migration_mibps, cfg.volumes.len()));
+    for (slot, (meta, prep)) in cfg.volumes.iter().zip(prepared).enumerate() {
         if let Some(why) = found.refused.get(&meta.name) {
             error!("volume '{}': not served: {why}", meta.name);
             unserved.push(meta.name.clone());
             continue;
         }
         let v = Arc::new(Volume::open(meta.clone(), tiers.clone(), store.clone())?);
-        brains.push(start_brain(
-            &v,
-            &store,
-            prep,
-            epoch,
-            cfg.daemon.migration_mibps,
-            cfg.placement,
-        )?);
+        brains.push(
+            start_brain(
+                &v,
+                &store,
+                prep,
+                epoch,
+                cfg.daemon.migration_mibps,
+                cfg.placement,
+            )?
+            .with_budget(Arc::clone(&budget), slot),
+        );
         volumes.push(v);
     }
     for name in store.volume_names()? {

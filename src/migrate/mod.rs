@@ -6,10 +6,14 @@
 //! a crash at any point leaves either the old or the new extent
 //! authoritative, never a mix, and no flushed write is lost.
 
+mod budget;
+pub mod mover;
 mod rate;
 
 use std::time::{Duration, Instant};
 
+pub use budget::Budget;
+pub use mover::{Done, Job, MoverThread, Pacer};
 pub use rate::RateLimiter;
 
 use crate::{
@@ -41,6 +45,8 @@ pub enum Error {
     },
     #[error("volume '{volume}': no tier {tier}")]
     NoTier { volume: String, tier: u8 },
+    #[error("migration panicked: {0}")]
+    Panicked(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

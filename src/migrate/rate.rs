@@ -22,6 +22,11 @@ impl RateLimiter {
         }
     }
 
+    /// Changes the rate from now on (`mib_per_sec` = 0: unlimited).
+    pub fn set_rate(&mut self, mib_per_sec: f64) {
+        self.ns_per_byte = Self::new(mib_per_sec).ns_per_byte;
+    }
+
     /// Waits until `bytes` more may be copied.
     pub fn acquire(&mut self, bytes: u64) {
         if self.ns_per_byte == 0.0 {

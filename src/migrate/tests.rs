@@ -248,3 +248,53 @@ fn a_panic_inside_a_migration_releases_the_chunk_and_its_slot() {
     v.read_at(2 * CHUNK, &mut back).unwrap();
     assert!(back == data);
 }
+
+#[test]
+fn volumes_migrating_at_once_share_the_daemons_budget() {
+    // Two volumes each move 8 chunks (512 KiB) at once under one 2 MiB/s
+    // budget: together 1 MiB, so at least about half a second; with a
+    // budget each they would take a quarter.
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let budget = Arc::new(Budget::new(2.0, 2));
+    let start = std::time::Instant::now();
+    let threads: Vec<_> = dirs
+        .iter()
+        .enumerate()
+        .map(|(slot, d)| {
+            let v = open_with(d.path(), "1MiB");
+            for c in 0..8u32 {
+                v.write_at(c as u64 * CHUNK, &pattern(4096, c as u8))
+                    .unwrap();
+            }
+            let from = v.tier_index(0).unwrap() as u8;
+            let to = if from == 0 { 2 } else { 0 };
+            let jobs: Vec<Job> = (0..8)
+                .map(|chunk| Job {
+                    m: crate::place::Move { chunk, from, to },
+                    planned: true,
+                    prefetch: false,
+                })
+                .collect();
+            let mut pacer = Pacer::new(Arc::clone(&budget), slot);
+            std::thread::spawn(move || {
+                let done = mover::execute(&v, &jobs, &mut pacer, true);
+                assert!(done
+                    .iter()
+                    .all(|d| matches!(d.result, Ok(Outcome::Moved { .. }))));
+                for c in 0..8u32 {
+                    let mut buf = vec![0; 4096];
+                    v.read_at(c as u64 * CHUNK, &mut buf).unwrap();
+                    assert_eq!(buf, pattern(4096, c as u8));
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let took = start.elapsed();
+    assert!(
+        took >= std::time::Duration::from_millis(400),
+        "1 MiB at a shared 2 MiB/s took {took:?}"
+    );
+}

@@ -28,6 +28,17 @@ use crate::{
 
 const MIB: f64 = 1024.0 * 1024.0;
 
+/// Chunks of tier 0 the placer fills, of `fast_capacity`: it keeps a
+/// reserve of 1/32 (at most 64 chunks, none below 32) free, so that a
+/// promotion that displaces a chunk can use a free extent at once instead
+/// of waiting for the commit that frees the displaced chunk's (a commit
+/// syncs the tiers and the store: about a millisecond or more, as long as
+/// the copy of a 64 KiB chunk at 64 MiB/s); the mover commits when the
+/// reserve runs out or at the end of a round.
+pub fn usable_fast_capacity(fast_capacity: usize) -> usize {
+    fast_capacity - (fast_capacity / 32).min(64)
+}
+
 /// What a [`Placer`] is made for.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PlacerParams {
@@ -61,13 +72,23 @@ impl Placer {
             prefetch_min: s.prefetch_min,
         };
         Self {
-            fast: FastTier::new(params.n_chunks, params.fast_capacity, cfg),
+            fast: FastTier::new(
+                params.n_chunks,
+                usable_fast_capacity(params.fast_capacity),
+                cfg,
+            ),
             params,
         }
     }
 
     pub fn params(&self) -> &PlacerParams {
         &self.params
+    }
+
+    /// The migration rate from now on (a volume's share of the daemon's
+    /// budget changes as other volumes start and stop migrating).
+    pub fn set_migration_mibps(&mut self, mibps: f64) {
+        self.params.migration_mibps = mibps;
     }
 
     pub fn policy(&self) -> TieringPolicy {

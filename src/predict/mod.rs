@@ -5,17 +5,21 @@
 //! the data path. Builtins: `ewma` (exponentially weighted moving average of
 //! per-epoch accesses) and `learned` (a small burn network shipped in
 //! `models/default.bpk`; also reachable as `mlp`); `gru` names the recurrent
-//! variant, and any other value is taken as the path of a model file written
-//! by `tierblk train`.
+//! variant; `lru` predicts nothing (every chunk scores 1: the placer then
+//! runs tier 0 as an LRU cache filled on misses, the baseline tierblk is
+//! measured against). Any other value is taken as the path of a model file
+//! written by `tierblk train`.
 
 mod ewma;
 pub mod features;
+mod flat;
 mod heatmap;
 pub mod learned;
 
 use std::path::{Path, PathBuf};
 
 pub use ewma::Ewma;
+pub use flat::Flat;
 pub use heatmap::HeatMap;
 pub use learned::LearnedPredictor;
 
@@ -80,7 +84,7 @@ pub const SEED_KEEP: f32 = 0.5;
 pub const SEED_FLOOR: f32 = 0.01;
 
 /// Names `prediction_model` accepts besides a file path.
-pub const BUILTIN_MODELS: &[&str] = &["ewma", "learned", "mlp", "gru"];
+pub const BUILTIN_MODELS: &[&str] = &["ewma", "learned", "mlp", "gru", "lru"];
 
 /// The models shipped in the repository, relative to its root.
 pub const DEFAULT_MODEL_FILE: &str = "models/default.bpk";
@@ -105,16 +109,18 @@ pub fn models_dir() -> PathBuf {
 pub fn is_builtin(prediction_model: &str) -> bool {
     matches!(
         prediction_model,
-        "ewma" | "learned" | "mlp" | "default" | "gru"
+        "ewma" | "learned" | "mlp" | "default" | "gru" | "lru"
     )
 }
 
 /// Builds the predictor a volume's `prediction_model` names: a builtin
 /// ("ewma", "learned"/"mlp"/"default" = the shipped default model, "gru" =
-/// the shipped recurrent model) or the path of a model file.
+/// the shipped recurrent model, "lru" = no prediction) or the path of a
+/// model file.
 pub fn load(prediction_model: &str) -> Result<Box<dyn Predictor>> {
     let file = match prediction_model {
         "ewma" => return Ok(Box::new(Ewma::default())),
+        "lru" => return Ok(Box::new(Flat)),
         "learned" | "mlp" | "default" => models_dir().join("default.bpk"),
         "gru" => models_dir().join("gru.bpk"),
         path => PathBuf::from(path),

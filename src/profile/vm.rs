@@ -52,10 +52,19 @@ pub enum OsFamily {
 impl VmProfile {
     /// Reads and parses a domain XML file.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::ReadXml {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        // One byte past the limit is enough for parse to refuse it.
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .and_then(|f| {
+                std::io::Read::read_to_string(
+                    &mut std::io::Read::take(f, MAX_XML_BYTES as u64 + 1),
+                    &mut text,
+                )
+            })
+            .map_err(|source| Error::ReadXml {
+                path: path.to_path_buf(),
+                source,
+            })?;
         Self::parse(&text).map_err(|message| Error::Xml {
             path: path.to_path_buf(),
             message,
@@ -70,6 +79,15 @@ impl VmProfile {
         if nesting_depth(text) > MAX_XML_DEPTH {
             return Err(format!(
                 "not well-formed XML: elements nested deeper than {MAX_XML_DEPTH} levels"
+            ));
+        }
+        // roxmltree needs up to ~75 bytes per byte of hostile input
+        // (AFL); a domain's XML is a few KiB, so anything this large is
+        // refused before it is parsed.
+        if text.len() > MAX_XML_BYTES {
+            return Err(format!(
+                "{} bytes: larger than the {MAX_XML_BYTES} bytes a domain's XML may have",
+                text.len()
             ));
         }
         let doc = Document::parse(text).map_err(|e| format!("not well-formed XML: {e}"))?;
@@ -230,6 +248,10 @@ pub fn initial_heat_map(
 /// limit, so libvirt itself reads nothing deeper; a domain is about 5 deep).
 pub const MAX_XML_DEPTH: usize = 256;
 
+/// Largest domain XML accepted, bytes (`virsh dumpxml` of a large VM is
+/// tens of KiB).
+pub const MAX_XML_BYTES: usize = 1 << 20;
+
 /// The element nesting depth of `text` not counting empty-element tags
 /// (`<a/>`), or more for text roxmltree refuses (the fuzz tests check it):
 /// start tags count one level down, end tags one up; comments, CDATA,
@@ -318,6 +340,16 @@ mod tests {
     fn example() -> String {
         let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("libvirt/profile-example.xml");
         std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    }
+
+    #[test]
+    fn domain_xml_past_the_size_limit_is_refused_with_its_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("big.xml");
+        let pad = "<!-- x -->".repeat(MAX_XML_BYTES / 10 + 1);
+        std::fs::write(&p, format!("<domain><name>a</name>{pad}</domain>")).unwrap();
+        let e = VmProfile::from_file(&p).unwrap_err().to_string();
+        assert!(e.contains("big.xml") && e.contains("larger than"), "{e}");
     }
 
     #[test]

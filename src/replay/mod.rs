@@ -543,6 +543,30 @@ tiering_policy = "default"
     }
 
     #[test]
+    fn the_lru_baseline_through_the_placer_is_lru() {
+        // `prediction_model = "lru"` runs the daemon's own placer with no
+        // prediction; with instant moves it is the textbook LRU, except
+        // that it fills free room in tier 0 at epochs, and that hits on tier 0 reach the placer's recency list once per
+        // epoch (the data path posts misses only), as in the daemon.
+        let reqs = slice();
+        let tiers = load_tiers(None).unwrap();
+        let cfg = ReplayConfig {
+            chunk_size: 64 << 10,
+            migration_mibps: 0.0,
+            policies: vec![PolicyKind::Predictive("lru".into()), PolicyKind::Lru],
+            ..ReplayConfig::default()
+        };
+        let r = replay("hm_0 slice", &reqs, &tiers, &cfg).unwrap();
+        let (placer, lru) = (&r.runs[0], &r.runs[1]);
+        assert_eq!(placer.policy, "tierblk-lru");
+        assert!(lru.fast_hits > 0);
+        let gap = placer.fast_hits.abs_diff(lru.fast_hits) as f64 / lru.fast_hits as f64;
+        assert!(gap < 0.02, "{placer:?} against {lru:?}");
+        // A flat heat map predicts no hot set to deviate from.
+        assert_eq!(placer.early_epochs, 0);
+    }
+
+    #[test]
     fn bad_replay_parameters_are_rejected_with_reasons() {
         let reqs = slice();
         let tiers = load_tiers(None).unwrap();

@@ -55,8 +55,12 @@ pub fn check(text: &str) -> std::result::Result<Option<VmProfile>, TestCaseError
         }
     }
     let (r, largest) = fuzzing::largest_allocation(|| VmProfile::parse(text));
+    // roxmltree keeps a node or attribute per few bytes of markup: AFL
+    // (10 M runs) found up to ~75 bytes per input byte in one vector
+    // (entity references and tiny elements), linear in the input, which
+    // MAX_XML_BYTES caps.
     prop_assert!(
-        largest <= (1 << 20).max(64 * text.len()),
+        largest <= (1 << 20).max(128 * text.len()),
         "parsing {} bytes allocated {largest} at once",
         text.len()
     );
