@@ -147,9 +147,11 @@ pub struct Brain {
     /// tier (fastest-first index) the last of their moves goes to, and
     /// how many of their moves are queued.
     in_flight: HashMap<u32, (u8, u32)>,
-    /// Per tier (fastest-first index): chunks of room the moves not yet
-    /// finished will free (+) or take (-), beyond what the tiers' usage
-    /// shows now.
+    /// Per tier (fastest-first index): chunks of room the moves sent to
+    /// the mover and not finished will take, beyond what the tiers' usage
+    /// shows now (negative). The room they will free is not counted: a
+    /// move that fails frees nothing, and a promotion planned into room
+    /// that never came would fail in turn.
     pending_room: Vec<i64>,
     /// Planned moves finished since the last epoch, and the prefetches
     /// among them.
@@ -528,7 +530,6 @@ impl Brain {
                     let e = self.in_flight.entry(j.m.chunk).or_insert((j.m.to, 0));
                     *e = (j.m.to, e.1 + 1);
                     self.pending_room[j.m.to as usize] -= 1;
-                    self.pending_room[j.m.from as usize] += 1;
                 }
                 if !t.send(jobs.clone()) {
                     error!(
@@ -539,7 +540,6 @@ impl Brain {
                     for j in &jobs {
                         self.done_with(j.m.chunk);
                         self.pending_room[j.m.to as usize] += 1;
-                        self.pending_room[j.m.from as usize] -= 1;
                         self.placer.skipped(&j.m);
                     }
                 }
@@ -558,7 +558,6 @@ impl Brain {
         for d in &done {
             self.done_with(d.job.m.chunk);
             self.pending_room[d.job.m.to as usize] += 1;
-            self.pending_room[d.job.m.from as usize] -= 1;
         }
         self.account(done);
     }
