@@ -916,17 +916,7 @@ mod tests {
         // take 0.375 s to copy: copied on the brain's thread, every epoch
         // would last about 0.8 s.
         let epoch = Duration::from_millis(400);
-        let mut brain = Brain::new(
-            v.clone(),
-            crate::predict::load("ewma").unwrap(),
-            epoch,
-            1.0,
-            PlacementSettings {
-                demand_promotion: false,
-                deviation_checks: 0,
-                ..PlacementSettings::default()
-            },
-        );
+        let mut brain = planning_brain(&v, epoch, 1.0, 0);
         // Every chunk is hot: there is more to promote than the epochs can
         // move.
         read_chunks(&v, 0..64, 20);
@@ -1117,23 +1107,29 @@ mod tests {
             .count()
     }
 
+    /// An EWMA brain that moves chunks only by its epoch plans (and
+    /// deviation checks), never on misses.
+    fn planning_brain(v: &Arc<Volume>, epoch: Duration, mibps: f64, checks: u32) -> Brain {
+        Brain::new(
+            v.clone(),
+            crate::predict::load("ewma").unwrap(),
+            epoch,
+            mibps,
+            PlacementSettings {
+                demand_promotion: false,
+                deviation_checks: checks,
+                ..PlacementSettings::default()
+            },
+        )
+    }
+
     /// A volume whose tier 0 holds 8 chunks, 4 of them hot (0..4) after
     /// a few epochs of a brain that moves chunks between epochs only by a
     /// deviation check, with the epoch length and checks given.
     fn hot_set_on_tier_0(dir: &Path, epoch: Duration, checks: u32) -> (Arc<Volume>, Brain) {
         let v = open_sized(dir, ["512KiB", "1MiB", "4MiB"], "2MiB", "");
         write_cold(&v, 32);
-        let mut brain = Brain::new(
-            v.clone(),
-            crate::predict::load("ewma").unwrap(),
-            epoch,
-            0.0,
-            PlacementSettings {
-                demand_promotion: false,
-                deviation_checks: checks,
-                ..PlacementSettings::default()
-            },
-        );
+        let mut brain = planning_brain(&v, epoch, 0.0, checks);
         for _ in 0..4 {
             read_chunks(&v, 0..4, 20);
             assert_eq!(brain.check_deviation(), None, "the usual accesses");
