@@ -21,6 +21,7 @@
 //! path never waits for the brain.
 
 use std::{
+    collections::HashMap,
     ops::ControlFlow,
     panic::{self, AssertUnwindSafe},
     sync::{
@@ -32,8 +33,6 @@ use std::{
 };
 
 use log::{debug, error, warn};
-
-use std::collections::HashMap;
 
 use crate::{
     config::PlacementSettings,
@@ -419,9 +418,9 @@ impl Brain {
                 if i == slowest {
                     return u64::MAX;
                 }
-                let (used, total) = v.tiers().get(id).map(|t| t.usage()).unwrap_or((0, 0));
+                let free = v.tiers().get(id).map_or(0, |t| t.free_chunks(cs));
                 let mine = current.iter().filter(|&&t| t as usize == i).count() as i64;
-                let free = (total.saturating_sub(used) / cs) as i64 + self.pending_room[i];
+                let free = free as i64 + self.pending_room[i];
                 (mine + free).max(0) as u64
             })
             .collect();
@@ -492,10 +491,9 @@ impl Brain {
             };
             let pending = &self.pending_room;
             let room = |t: usize| {
-                v.tiers().get(ids[t]).is_some_and(|tier| {
-                    let (used, total) = tier.usage();
-                    (total.saturating_sub(used) / cs) as i64 + pending[t] + round[t] > 0
-                })
+                v.tiers()
+                    .get(ids[t])
+                    .is_some_and(|tier| tier.free_chunks(cs) as i64 + pending[t] + round[t] > 0)
             };
             let score = self.heat.score(chunk as usize);
             let plan = self.placer.on_miss(chunk, from, score, &self.heat, room);
@@ -522,7 +520,7 @@ impl Brain {
             Mover::Inline(pacer) => {
                 // Done (and committed) before this returns: no room is
                 // pending.
-                let done = mover::execute(&self.volume, &jobs, pacer, true);
+                let done = mover::execute(&self.volume, &jobs, pacer);
                 self.account(done);
             }
             Mover::Thread(t) => {
@@ -531,7 +529,7 @@ impl Brain {
                     *e = (j.m.to, e.1 + 1);
                     self.pending_room[j.m.to as usize] -= 1;
                 }
-                if !t.send(jobs.clone()) {
+                if let Err(jobs) = t.send(jobs) {
                     error!(
                         "volume '{}': the mover thread is gone; {} moves not carried out",
                         self.volume.name(),
@@ -623,9 +621,8 @@ impl Brain {
 /// Starts the brain thread of a volume, and its mover thread, which
 /// carries out the brain's moves from then on (an epoch's moves are
 /// reported with the first epoch after they finish): one epoch every
-/// `epoch`, and
-/// rounds of misses and deviation checks in between, each supervised (see
-/// [`BrainHealth`]). An epoch a deviation check ends early starts the
+/// `epoch`, and rounds of misses and deviation checks in between, each
+/// supervised (see [`BrainHealth`]). An epoch a deviation check ends early starts the
 /// next one's clock. The thread ends only when the brain gives up after
 /// [`MAX_CONSECUTIVE_PANICS`] panicking steps in a row.
 pub fn spawn(mut brain: Brain, epoch: Duration) -> std::io::Result<thread::JoinHandle<()>> {

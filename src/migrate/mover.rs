@@ -52,11 +52,6 @@ impl Pacer {
         }
     }
 
-    /// The rate this volume would copy at now, MiB/s (0: unlimited).
-    pub fn expected_mibps(&self) -> f64 {
-        self.budget.expected_share(self.slot)
-    }
-
     fn limiter(&mut self) -> &mut RateLimiter {
         let share = self.budget.share(self.slot);
         self.limiter.set_rate(share);
@@ -70,18 +65,15 @@ impl Pacer {
 /// so far are committed (the plan counts on that room; a commit costs
 /// syncs, so while the tier has free extents, such as the reserve the
 /// placer keeps on tier 0, the commits wait); the rest are committed at
-/// the end when `commit`. A panic in one move is caught (the migration's unwind guard
+/// the end. A panic in one move is caught (the migration's unwind guard
 /// has ended it) and reported as its failure; the next move goes on.
-pub fn execute(volume: &Volume, jobs: &[Job], pacer: &mut Pacer, commit: bool) -> Vec<Done> {
+pub fn execute(volume: &Volume, jobs: &[Job], pacer: &mut Pacer) -> Vec<Done> {
     let ids = volume.tiers().ids();
     let cs = volume.chunk_size();
     let full = |t: usize| {
         ids.get(t)
             .and_then(|&id| volume.tiers().get(id))
-            .is_none_or(|tier| {
-                let (used, total) = tier.usage();
-                total.saturating_sub(used) < cs
-            })
+            .is_none_or(|tier| tier.free_chunks(cs) == 0)
     };
     let mut out = Vec::with_capacity(jobs.len());
     let mut moved = false;
@@ -117,7 +109,7 @@ pub fn execute(volume: &Volume, jobs: &[Job], pacer: &mut Pacer, commit: bool) -
         }
         out.push(Done { job: *job, result });
     }
-    if commit && moved {
+    if moved {
         // Make the switches durable and free the old extents, whether or
         // not the guest flushes.
         if let Err(e) = volume.flush() {
@@ -147,7 +139,7 @@ impl MoverThread {
             .name(format!("mover-{}", volume.name()))
             .spawn(move || {
                 for jobs in jobs_rx {
-                    let done = execute(&volume, &jobs, &mut pacer, true);
+                    let done = execute(&volume, &jobs, &mut pacer);
                     if done_tx.send(done).is_err() {
                         return;
                     }
@@ -165,14 +157,13 @@ impl MoverThread {
         self.queued
     }
 
-    /// Queues `jobs` behind those sent before. False if the thread is gone.
-    pub fn send(&mut self, jobs: Vec<Job>) -> bool {
+    /// Queues `jobs` behind those sent before; gives them back if the
+    /// thread is gone.
+    pub fn send(&mut self, jobs: Vec<Job>) -> std::result::Result<(), Vec<Job>> {
         let n = jobs.len();
-        if self.jobs.send(jobs).is_err() {
-            return false;
-        }
+        self.jobs.send(jobs).map_err(|e| e.0)?;
         self.queued += n;
-        true
+        Ok(())
     }
 
     /// What came of the lists finished since the last call, without

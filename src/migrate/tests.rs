@@ -277,7 +277,7 @@ fn volumes_migrating_at_once_share_the_daemons_budget() {
                 .collect();
             let mut pacer = Pacer::new(Arc::clone(&budget), slot);
             std::thread::spawn(move || {
-                let done = mover::execute(&v, &jobs, &mut pacer, true);
+                let done = mover::execute(&v, &jobs, &mut pacer);
                 assert!(done
                     .iter()
                     .all(|d| matches!(d.result, Ok(Outcome::Moved { .. }))));

@@ -398,8 +398,8 @@ fn drive(ctx: &Context<'_>, sim: &mut Sim<'_>, policy: &mut dyn Policy) {
                 Epoch::Secs(s) => {
                     let every = s / f64::from(checks + 1);
                     loop {
-                        if next_check <= checks && t >= start + every * f64::from(next_check) {
-                            let at = start + every * f64::from(next_check);
+                        let at = start + every * f64::from(next_check);
+                        if next_check <= checks && t >= at {
                             next_check += 1;
                             // With no access since the last check the
                             // figures are the same: nothing to re-tier.

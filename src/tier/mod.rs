@@ -377,6 +377,12 @@ impl Tier {
         (a.used_units() * UNIT_BYTES, a.total_units() * UNIT_BYTES)
     }
 
+    /// Chunks of `chunk_size` bytes the free space would hold.
+    pub fn free_chunks(&self, chunk_size: u64) -> u64 {
+        let (used, total) = self.usage();
+        total.saturating_sub(used) / chunk_size.max(1)
+    }
+
     /// Makes `len` bytes at extent offset `offset` read as zeros: ZERO_RANGE
     /// (BLKZEROOUT on a block device) where the filesystem has it, else
     /// PUNCH_HOLE, else writing zeros (tmpfs of old kernels, ext2/3).
