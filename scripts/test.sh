@@ -35,3 +35,7 @@ sh benches/baselines.sh
 
 step "benchmark harness smoke (a few seconds; full runs: benches/README.md)"
 python3 benches/compare.py --smoke
+
+step "migration-yield benchmark smoke (one 2 s round, debug build; full run: benches/README.md)"
+cargo build --example migration_yield --example loadgen
+target/debug/examples/migration_yield --secs 2 --rounds 1

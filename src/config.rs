@@ -401,10 +401,15 @@ pub struct DaemonSettings {
     /// Profiling interval, seconds.
     #[serde(default = "default_epoch_secs")]
     pub epoch_secs: f64,
-    /// Bandwidth background migration may use per volume, MiB/s (0 = no
-    /// limit).
+    /// Bandwidth background migration may use, MiB/s, for the whole
+    /// daemon: the volumes migrating at a time share it (0 = no limit).
     #[serde(default = "default_migration_mibps")]
     pub migration_mibps: f64,
+    /// A volume's migration backs off (down to a quarter of its share)
+    /// while its guest's request latency or depth rises above what it is
+    /// without migration, and speeds up again while the guest is idle.
+    #[serde(default = "default_true")]
+    pub migration_yield: bool,
     /// Mode of the volume sockets (octal string); other users never get
     /// access. A QEMU that runs as another user (libvirt's qemu user) needs
     /// "0660" and `socket_group`.
@@ -421,6 +426,7 @@ impl Default for DaemonSettings {
             state_dir: default_state_dir(),
             epoch_secs: default_epoch_secs(),
             migration_mibps: default_migration_mibps(),
+            migration_yield: true,
             socket_mode: SocketMode::default(),
             socket_group: None,
         }

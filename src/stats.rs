@@ -67,6 +67,9 @@ pub struct VolumeCounters {
     cold_share: AtomicU64,
     expected_cold_share: AtomicU64,
     deviation: AtomicU64,
+    /// Share of its migration budget the mover used at its last copy
+    /// (f64 bits; `migrate::backoff`).
+    migration_share: AtomicU64,
     published: AtomicU64,
     last_publish_ms: AtomicU64,
     opened_ms: u64,
@@ -89,6 +92,7 @@ impl Default for VolumeCounters {
             cold_share: AtomicU64::new(0),
             expected_cold_share: AtomicU64::new(0),
             deviation: AtomicU64::new(0),
+            migration_share: AtomicU64::new(1f64.to_bits()),
             published: AtomicU64::new(0),
             last_publish_ms: AtomicU64::new(0),
             opened_ms: unix_ms(SystemTime::now()),
@@ -130,6 +134,16 @@ impl VolumeCounters {
         self.expected_cold_share
             .store(c.expected.to_bits(), Relaxed);
         self.deviation.store(c.deviation.to_bits(), Relaxed);
+    }
+
+    /// Keeps the share of its budget the mover copies at now.
+    pub fn note_migration_share(&self, share: f64) {
+        self.migration_share.store(share.to_bits(), Relaxed);
+    }
+
+    /// The share of its budget the mover copied at last.
+    pub fn migration_share(&self) -> f64 {
+        f64::from_bits(self.migration_share.load(Relaxed))
     }
 }
 
@@ -192,6 +206,17 @@ pub struct VolumeStats {
     pub deviation: f64,
     /// Epochs a deviation check ended early to re-tier at once.
     pub early_epochs: u64,
+    /// Guest requests completed since the volume was opened, and their
+    /// mean latency (from the data path's view: popped to answered), µs.
+    #[serde(default)]
+    pub guest_requests: u64,
+    #[serde(default)]
+    pub guest_latency_us_mean: f64,
+    /// Share of its migration budget the volume's mover used at its last
+    /// copy: below 1 while it yields to a busy guest
+    /// (`daemon.migration_yield`).
+    #[serde(default = "one")]
+    pub migration_share: f64,
     /// Where the volume's allocated chunks are now, fastest tier first.
     pub chunks_per_tier: Vec<TierChunks>,
     /// Monthly cost of the current placement (`cost_per_gb` of each tier).
@@ -219,6 +244,10 @@ impl VolumeStats {
             reason: e.to_string(),
         })
     }
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 /// Share of `hits` in `total`, 0 when there is nothing.
@@ -253,6 +282,7 @@ pub fn snapshot(v: &Volume) -> VolumeStats {
     }
     let now = unix_ms(SystemTime::now());
     let last = c.last_publish_ms.load(Relaxed);
+    let load = v.guest_load().sample();
     let (rf, ro, wf, wo) = (
         c.read_fast.load(Relaxed),
         c.read_other.load(Relaxed),
@@ -286,6 +316,13 @@ pub fn snapshot(v: &Volume) -> VolumeStats {
         expected_cold_share: f64::from_bits(c.expected_cold_share.load(Relaxed)),
         deviation: f64::from_bits(c.deviation.load(Relaxed)),
         early_epochs: c.early_epochs.load(Relaxed),
+        guest_requests: load.completed,
+        guest_latency_us_mean: if load.completed == 0 {
+            0.0
+        } else {
+            load.busy_ns as f64 / load.completed as f64 / 1000.0
+        },
+        migration_share: c.migration_share(),
         chunks_per_tier: defs
             .iter()
             .zip(&chunks)

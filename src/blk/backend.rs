@@ -33,7 +33,7 @@ use super::{
     vring::BlkVring,
     worker::{GuestMemory, Shared, Worker},
 };
-use crate::volume::Volume;
+use crate::volume::{load::QueueLoad, Volume};
 
 /// How long stopping a queue waits for its requests in flight.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -43,7 +43,7 @@ pub struct BlkBackend {
     num_queues: usize,
     queue_size: u16,
     workers: Vec<Mutex<Worker>>,
-    inflight: Vec<Arc<AtomicUsize>>,
+    inflight: Vec<Arc<QueueLoad>>,
     mem: RwLock<Option<GuestMemoryAtomic<GuestMemory>>>,
     event_idx: AtomicBool,
     read_only: bool,
@@ -66,7 +66,7 @@ impl BlkBackend {
         let workers = (0..meta.num_queues)
             .map(|_| Worker::new(shared.clone(), meta.queue_size).map(Mutex::new))
             .collect::<io::Result<Vec<_>>>()?;
-        let inflight = workers.iter().map(|w| lock(w).inflight()).collect();
+        let inflight = workers.iter().map(|w| lock(w).load()).collect();
         Ok(Self {
             shared,
             num_queues: meta.num_queues as usize,
@@ -249,7 +249,7 @@ impl VhostUserBackend for BlkBackend {
             return Ok(());
         };
         let start = Instant::now();
-        while inflight.load(Ordering::Acquire) > 0 {
+        while inflight.inflight() > 0 {
             if start.elapsed() > STOP_TIMEOUT {
                 warn!(
                     "volume '{}': queue {queue_index} still has requests in flight after {STOP_TIMEOUT:?}",

@@ -32,6 +32,7 @@ use crate::{
     tier::fault::Op,
     volume::{
         committer::{self, Replies},
+        load::QueueLoad,
         FlushTicket, Segment, Target, Volume,
     },
 };
@@ -125,7 +126,9 @@ pub struct Worker {
     shared: Arc<Shared>,
     slots: Vec<Slot>,
     free: Vec<u16>,
-    inflight: Arc<AtomicUsize>,
+    /// Requests in flight, completed and their latency (the volume's
+    /// guest load, which the mover yields to).
+    load: Arc<QueueLoad>,
     bufs: RequestBufs,
     zero_segs: Vec<ZeroSegment>,
     /// End of this queue's previous read or write (sequentiality signal).
@@ -142,8 +145,8 @@ pub struct Worker {
     /// entry outside guest memory (a broken or hostile driver).
     avail_bad: bool,
     avail_bad_logged: bool,
-    /// Some tier emulates a slower device: requests are timed (a clock read
-    /// at start and finish), otherwise the clock is not read at all.
+    /// Some tier emulates a slower device: completions are held back by
+    /// its delay.
     timed: bool,
     /// The front-end's inflight region for this queue, when it gave one.
     tracker: Option<QueueInflight>,
@@ -171,6 +174,7 @@ impl Worker {
         ring.submitter().register_eventfd(completion.as_raw_fd())?;
         let replies = Replies::new(n, completion.try_clone()?);
         let timed = shared.volume.tiers().iter().any(|t| t.emulator().is_some());
+        let load = shared.volume.guest_load().register();
         Ok(Self {
             ring,
             completion,
@@ -178,7 +182,7 @@ impl Worker {
             shared,
             slots: (0..n).map(|_| Slot::new(n)).collect(),
             free: (0..n as u16).rev().collect(),
-            inflight: Arc::new(AtomicUsize::new(0)),
+            load,
             bufs: RequestBufs::with_capacity(n),
             zero_segs: Vec::with_capacity(request::MAX_DISCARD_SEG as usize),
             last_end: u64::MAX,
@@ -198,8 +202,8 @@ impl Worker {
 
     /// Count of requests not yet completed; the backend waits for 0 before
     /// a queue is stopped.
-    pub fn inflight(&self) -> Arc<AtomicUsize> {
-        self.inflight.clone()
+    pub fn load(&self) -> Arc<QueueLoad> {
+        self.load.clone()
     }
 
     /// Handles a kick: processes every available chain, with EVENT_IDX
@@ -295,7 +299,7 @@ impl Worker {
     /// O_DIRECT or slow tiers a spin only takes the CPU from the driver and
     /// the other queues) and nothing is in flight.
     pub fn wants_poll(&self, window: Duration) -> bool {
-        !window.is_zero() && self.inline_score > 0 && self.inflight.load(Ordering::Acquire) == 0
+        !window.is_zero() && self.inline_score > 0 && self.load.inflight() == 0
     }
 
     /// Busy-polls the virtqueue while `wants_poll` holds, until `window`
@@ -323,7 +327,7 @@ impl Worker {
         loop {
             let before = self.activity;
             self.serve_all(vring, memory, &mut mem);
-            if self.inflight.load(Ordering::Acquire) > 0 {
+            if self.load.inflight() > 0 {
                 // Waiting on the device (O_DIRECT, a slow tier): its
                 // completion wakes us through the eventfd; spinning would
                 // only take the CPU from the driver and other queues.
@@ -575,9 +579,9 @@ impl Worker {
         slot.done = 0;
         slot.failed = false;
         slot.expect = 0;
-        if self.timed {
-            slot.started = Instant::now();
-        }
+        // Every request is timed (two clock reads): the latency the
+        // mover yields to, and the emulated tier delay.
+        slot.started = Instant::now();
         slot.used_len = if req.kind == Kind::Read {
             req.data_len as u32 + 1
         } else {
@@ -590,7 +594,7 @@ impl Worker {
         slot.segs.clear();
         if req.kind == Kind::Flush {
             slot.mem = Some(mem.clone());
-            self.inflight.fetch_add(1, Ordering::AcqRel);
+            self.load.start();
             self.submit_sync(idx);
             if self.slots[idx as usize].pending == 0 {
                 return self.finish(vring, idx);
@@ -622,7 +626,7 @@ impl Worker {
         }
         volume.count_served(req.kind == Kind::Write, &slot.segs);
         slot.mem = Some(mem.clone());
-        self.inflight.fetch_add(1, Ordering::AcqRel);
+        self.load.start();
         self.submit_segments(idx);
         if self.slots[idx as usize].pending == 0 {
             // Nothing to wait for (a read of holes only).
@@ -940,8 +944,9 @@ impl Worker {
         };
         let head = slot.head;
         let status = slot.status;
+        let latency = slot.started.elapsed();
         self.free.push(idx);
-        self.inflight.fetch_sub(1, Ordering::AcqRel);
+        self.load.finish(latency);
         self.answer(vring, &mem, head, Some(status), st, len)
     }
 }

@@ -20,6 +20,7 @@ const FULL: &str = r#"
 state_dir = "/tmp/tierblk-fuzz/state"
 epoch_secs = 10.0
 migration_mibps = 64.0
+migration_yield = true
 socket_mode = "0660"
 socket_group = "kvm"
 

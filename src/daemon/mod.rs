@@ -242,7 +242,10 @@ pub fn open(cfg: &Config, opts: &ServeOptions) -> crate::Result<Opened> {
     let epoch = Duration::from_secs_f64(cfg.daemon.epoch_secs);
     // One migration budget for the whole daemon, shared by the volumes
     // migrating at the time.
-    let budget = Arc::new(Budget::new(cfg.daemon.migration_mibps, cfg.volumes.len()));
+    let budget = Arc::new(
+        Budget::new(cfg.daemon.migration_mibps, cfg.volumes.len())
+            .with_yield(cfg.daemon.migration_yield),
+    );
     for (slot, (meta, prep)) in cfg.volumes.iter().zip(prepared).enumerate() {
         if let Some(why) = found.refused.get(&meta.name) {
             error!("volume '{}': not served: {why}", meta.name);
@@ -390,24 +393,13 @@ pub fn serve(cfg: &Config, opts: &ServeOptions) -> crate::Result<()> {
     }
     let mut bound = Vec::new();
     for v in &opened.volumes {
-        let (mut listener, b) = match socket::listen(&v.metadata().socket, opened.access) {
-            Ok(l) => l,
+        match listen_and_serve(v, opened.access) {
+            Ok(b) => bound.push(b),
             Err(e) => {
                 shut_down(&opened.volumes, &bound);
-                return Err(Error::Listen {
-                    volume: v.name().to_string(),
-                    path: v.metadata().socket.clone(),
-                    reason: e.to_string(),
-                }
-                .into());
+                return Err(e);
             }
-        };
-        bound.push(b);
-        let v = v.clone();
-        thread::Builder::new()
-            .name(format!("vol-{}", v.name()))
-            .spawn(move || serve_volume(&v, &mut listener))
-            .expect("spawning a volume thread");
+        }
     }
     for v in &opened.volumes {
         info!(
@@ -424,6 +416,27 @@ pub fn serve(cfg: &Config, opts: &ServeOptions) -> crate::Result<()> {
     info!("signal {sig}: flushing volumes and exiting");
     shut_down(&opened.volumes, &bound);
     Ok(())
+}
+
+/// Binds `v`'s socket and serves it on a thread of its own, one
+/// vhost-user connection after another, for as long as the process runs.
+pub fn listen_and_serve(v: &Arc<Volume>, access: socket::Access) -> crate::Result<socket::Bound> {
+    let (mut listener, bound) =
+        socket::listen(&v.metadata().socket, access).map_err(|e| Error::Listen {
+            volume: v.name().to_string(),
+            path: v.metadata().socket.clone(),
+            reason: e.to_string(),
+        })?;
+    let served = v.clone();
+    thread::Builder::new()
+        .name(format!("vol-{}", v.name()))
+        .spawn(move || serve_volume(&served, &mut listener))
+        .map_err(|e| Error::Listen {
+            volume: v.name().to_string(),
+            path: v.metadata().socket.clone(),
+            reason: format!("spawning its thread: {e}"),
+        })?;
+    Ok(bound)
 }
 
 /// Flushes every volume, makes the saved heat maps durable and removes the

@@ -21,6 +21,8 @@ pub struct Budget {
     /// Per volume slot: when it last copied (ns since `start`, + 1; 0 =
     /// never).
     last_copy: Box<[AtomicU64]>,
+    /// Movers yield to their volume's guest (`daemon.migration_yield`).
+    yields: bool,
 }
 
 impl Budget {
@@ -30,7 +32,20 @@ impl Budget {
             mibps,
             start: Instant::now(),
             last_copy: (0..volumes).map(|_| AtomicU64::new(0)).collect(),
+            yields: true,
         }
+    }
+
+    /// Whether movers yield to their volume's guest
+    /// ([`super::backoff`]); on unless turned off here.
+    pub fn with_yield(mut self, yields: bool) -> Self {
+        self.yields = yields;
+        self
+    }
+
+    /// Whether movers yield to their volume's guest.
+    pub fn yields(&self) -> bool {
+        self.yields
     }
 
     /// The whole budget, MiB/s (0: unlimited).

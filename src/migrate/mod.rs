@@ -6,6 +6,7 @@
 //! a crash at any point leaves either the old or the new extent
 //! authoritative, never a mix, and no flushed write is lost.
 
+pub mod backoff;
 mod budget;
 pub mod mover;
 mod rate;
@@ -294,6 +295,7 @@ impl Copier<'_> {
     ) -> Result<()> {
         // The copy must be synced by the flush that commits the switch.
         self.volume.mark_unsynced(self.target.id());
+        let mut copied = 0;
         for i in 0..PARTS {
             if parts & (1 << i) == 0 {
                 continue;
@@ -312,9 +314,33 @@ impl Copier<'_> {
                     to: self.target.name().to_string(),
                     source,
                 })?;
+            copied += self.part;
+        }
+        // An emulated device's bandwidth is the guest's and the mover's
+        // together: the copy books its bytes as one transfer each way (a
+        // real mover's copy is one request per side, not one per part).
+        // A paced copy then waits until the device has done it, behind
+        // the guest's requests booked before; the last copy of a held
+        // chunk only books its share (the guest waits on that chunk
+        // meanwhile).
+        if copied > 0 {
+            let busy = booked(self.source, copied).max(booked(self.target, copied));
+            if limiter.is_some() && busy > EMULATED_WAIT_MIN {
+                std::thread::sleep(busy);
+            }
         }
         Ok(())
     }
+}
+
+/// Paced copies sleep through an emulated device's backlog longer than
+/// this (shorter waits are below a sleep's granularity).
+const EMULATED_WAIT_MIN: Duration = Duration::from_micros(500);
+
+/// Books `bytes` on `tier`'s emulated bandwidth, if it has one; how long
+/// until the transfer is done.
+fn booked(tier: &Tier, bytes: u64) -> Duration {
+    tier.emulator().map_or(Duration::ZERO, |e| e.occupy(bytes))
 }
 
 #[cfg(test)]

@@ -9,11 +9,15 @@ use std::{
     panic::{self, AssertUnwindSafe},
     sync::{mpsc, Arc},
     thread,
+    time::Instant,
 };
 
 use log::warn;
 
-use super::{migrate_chunk, Budget, Error, Outcome, RateLimiter, Result};
+use super::{
+    backoff::{self, Backoff},
+    migrate_chunk, Budget, Error, Outcome, RateLimiter, Result,
+};
 use crate::{place::Move, volume::Volume};
 
 /// One move to carry out (tiers as fastest-first indexes).
@@ -33,29 +37,64 @@ pub struct Done {
     pub result: Result<Outcome>,
 }
 
-/// Paces one volume's copies at its share of the daemon's budget.
+/// Paces one volume's copies at its share of the daemon's budget, less
+/// what it yields to the volume's guest ([`Backoff`]).
 #[derive(Debug)]
 pub struct Pacer {
     budget: Arc<Budget>,
     slot: usize,
     limiter: RateLimiter,
+    backoff: Backoff,
 }
 
 impl Pacer {
     /// Volume `slot` of `budget`.
     pub fn new(budget: Arc<Budget>, slot: usize) -> Self {
         let limiter = RateLimiter::new(budget.mibps());
+        let backoff = Backoff::new(budget.yields(), Instant::now());
         Self {
             budget,
             slot,
             limiter,
+            backoff,
         }
     }
 
-    fn limiter(&mut self) -> &mut RateLimiter {
+    /// The limiter for the next copy of `volume`, at the rate for now.
+    /// With the guest busy and no recent measurement of it alone, first
+    /// pauses one window to take one.
+    fn limiter(&mut self, volume: &Volume) -> &mut RateLimiter {
+        let now = Instant::now();
+        if self.backoff.due(now) {
+            let load = volume.guest_load();
+            self.backoff.observe(load.sample(), now);
+            if self.backoff.probe_due(now) {
+                self.backoff.restart(load.sample(), now);
+                loop {
+                    thread::sleep(backoff::WINDOW);
+                    if self.backoff.observe(load.sample(), Instant::now()) {
+                        break;
+                    }
+                }
+            }
+            load.set_slow_above(self.backoff.slow_above_ns());
+        }
+        self.backoff.copying();
         let share = self.budget.share(self.slot);
-        self.limiter.set_rate(share);
+        let yielded = self.backoff.share();
+        volume.served().note_migration_share(yielded);
+        self.limiter.set_rate(share * yielded);
         &mut self.limiter
+    }
+
+    /// The mover has nothing to copy: measures the guest alone.
+    fn idle(&mut self, volume: &Volume) {
+        let now = Instant::now();
+        if self.backoff.due(now) {
+            let load = volume.guest_load();
+            self.backoff.observe(load.sample(), now);
+            load.set_slow_above(self.backoff.slow_above_ns());
+        }
     }
 }
 
@@ -95,7 +134,7 @@ pub fn execute(volume: &Volume, jobs: &[Job], pacer: &mut Pacer) -> Vec<Done> {
                 tier: m.to,
             }),
             Some(&to) => panic::catch_unwind(AssertUnwindSafe(|| {
-                migrate_chunk(volume, m.chunk, to, pacer.limiter())
+                migrate_chunk(volume, m.chunk, to, pacer.limiter(volume))
             }))
             .unwrap_or_else(|p| {
                 Err(Error::Panicked(
@@ -137,12 +176,18 @@ impl MoverThread {
         let (done_tx, done_rx) = mpsc::channel();
         thread::Builder::new()
             .name(format!("mover-{}", volume.name()))
-            .spawn(move || {
-                for jobs in jobs_rx {
-                    let done = execute(&volume, &jobs, &mut pacer);
-                    if done_tx.send(done).is_err() {
-                        return;
+            .spawn(move || loop {
+                let jobs = match jobs_rx.recv_timeout(backoff::WINDOW) {
+                    Ok(jobs) => jobs,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        pacer.idle(&volume);
+                        continue;
                     }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                };
+                let done = execute(&volume, &jobs, &mut pacer);
+                if done_tx.send(done).is_err() {
+                    return;
                 }
             })?;
         Ok(Self {

@@ -32,7 +32,11 @@ fn open(dir: &Path) -> Arc<Volume> {
 }
 
 fn open_with(dir: &Path, cap0: &str) -> Arc<Volume> {
-    let cfg = config(dir, cap0);
+    open_config(dir, &config(dir, cap0))
+}
+
+/// The first volume of `cfg`, with its store in `dir`.
+fn open_config(dir: &Path, cfg: &Config) -> Arc<Volume> {
     let store = Arc::new(Store::open(&dir.join("state")).unwrap());
     let tiers = Arc::new(TierSet::open(&cfg.tiers, &store).unwrap());
     Arc::new(Volume::open(cfg.volumes[0].clone(), tiers, store).unwrap())
@@ -297,4 +301,105 @@ fn volumes_migrating_at_once_share_the_daemons_budget() {
         took >= std::time::Duration::from_millis(400),
         "1 MiB at a shared 2 MiB/s took {took:?}"
     );
+}
+
+/// A volume of 32 chunks on an SSD-like tier and an emulated HDD of
+/// 8 MiB/s that guest and mover share.
+fn open_shared_hdd(dir: &Path) -> Arc<Volume> {
+    let mut s = String::new();
+    for (i, emulate) in ["", "emulate = { bandwidth_mibps = 8 }\n"]
+        .iter()
+        .enumerate()
+    {
+        let p = dir.join(format!("t{i}"));
+        std::fs::create_dir_all(&p).unwrap();
+        s += &format!(
+            "[[tier]]\ntier_id = {i}\nname = \"t{i}\"\ncapacity = \"4MiB\"\ncost_per_gb = 0.1\npath = \"{}\"\n\
+             performance_metrics = {{ read_latency_us = 1, write_latency_us = 1, bandwidth_mibps = 1 }}\n{emulate}",
+            p.display()
+        );
+    }
+    s += "[[volume]]\nname = \"v\"\nsize = \"2MiB\"\nchunk_size = \"64KiB\"\nsocket = \"/tmp/unused\"\n";
+    open_config(dir, &Config::parse(&s).unwrap())
+}
+
+#[test]
+fn the_mover_yields_to_a_guest_it_slows_down_and_speeds_up_when_the_guest_is_idle() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = open_shared_hdd(dir.path());
+    let n = v.chunk_count();
+    for c in 0..n {
+        v.write_at(u64::from(c) * CHUNK, &pattern(CHUNK as usize, c as u8))
+            .unwrap();
+    }
+    // A guest on the emulated HDD: one 64 KiB read at a time (7.8 ms
+    // alone at 8 MiB/s), counted as the queue workers count requests.
+    let hdd = v.tiers().get(1).unwrap().emulator().unwrap();
+    let stop = AtomicBool::new(false);
+    let mut lowest = 1.0f64;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let q = v.guest_load().register();
+            while !stop.load(Ordering::Relaxed) {
+                q.start();
+                let t = std::time::Instant::now();
+                std::thread::sleep(hdd.delay(false, CHUNK, std::time::Duration::ZERO));
+                q.finish(t.elapsed());
+            }
+        });
+        // The mover moves every chunk between the two tiers, at the HDD's
+        // whole bandwidth: without yielding, the guest's reads would wait
+        // behind its copies.
+        let budget = Arc::new(Budget::new(8.0, 1));
+        let mut mover = MoverThread::spawn(Arc::clone(&v), Pacer::new(budget, 0)).unwrap();
+        let mut next = 0;
+        let mut send = |mover: &mut MoverThread| {
+            if mover.queued() < 8 {
+                let jobs = (0..4)
+                    .map(|_| {
+                        let c = next;
+                        next = (next + 1) % n;
+                        let on = v.tier_index(c).unwrap() as u8;
+                        mover::Job {
+                            m: crate::place::Move {
+                                chunk: c,
+                                from: on,
+                                to: 1 - on,
+                            },
+                            planned: true,
+                            prefetch: false,
+                        }
+                    })
+                    .collect();
+                mover.send(jobs).unwrap();
+            }
+            mover.finished();
+        };
+        let t = std::time::Instant::now();
+        while t.elapsed() < std::time::Duration::from_millis(1500) {
+            send(&mut mover);
+            lowest = lowest.min(v.served().migration_share());
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        stop.store(true, Ordering::Relaxed);
+        // The guest is idle now: the share comes back.
+        let t = std::time::Instant::now();
+        while t.elapsed() < std::time::Duration::from_secs(3) && v.served().migration_share() < 1.0
+        {
+            send(&mut mover);
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(v.served().migration_share(), 1.0, "back to the whole share");
+        while mover.queued() > 0 {
+            mover.finished();
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    });
+    assert!(lowest <= 0.5, "the mover never backed off: {lowest}");
+    assert!(lowest >= backoff::FLOOR, "below the floor: {lowest}");
+    for c in 0..n {
+        let mut back = vec![0u8; CHUNK as usize];
+        v.read_at(u64::from(c) * CHUNK, &mut back).unwrap();
+        assert!(back == pattern(CHUNK as usize, c as u8), "chunk {c}");
+    }
 }

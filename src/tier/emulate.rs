@@ -43,22 +43,27 @@ impl Emulator {
         } else {
             self.read_latency
         };
-        let mut wait = lat.saturating_sub(elapsed);
-        if self.ns_per_byte > 0.0 {
-            // A shared "device busy until" clock: transfers queue behind
-            // each other like on a real disk with the configured bandwidth.
-            let cost = (bytes as f64 * self.ns_per_byte) as u64;
-            let now = self.epoch.elapsed().as_nanos() as u64;
-            let prev = self
-                .busy_until_ns
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
-                    Some(b.max(now) + cost)
-                })
-                .unwrap_or(now);
-            let done = prev.max(now) + cost;
-            wait = wait.max(Duration::from_nanos(done - now));
+        lat.saturating_sub(elapsed).max(self.occupy(bytes))
+    }
+
+    /// Books a transfer of `bytes` on the emulated device's bandwidth and
+    /// returns how long from now until it is done (zero without a cap).
+    /// A shared "device busy until" clock: transfers queue behind each
+    /// other like on a real disk with the configured bandwidth, the
+    /// guest's requests and the mover's copies alike.
+    pub fn occupy(&self, bytes: u64) -> Duration {
+        if self.ns_per_byte == 0.0 {
+            return Duration::ZERO;
         }
-        wait
+        let cost = (bytes as f64 * self.ns_per_byte) as u64;
+        let now = self.epoch.elapsed().as_nanos() as u64;
+        let prev = self
+            .busy_until_ns
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                Some(b.max(now) + cost)
+            })
+            .unwrap_or(now);
+        Duration::from_nanos(prev.max(now) + cost - now)
     }
 }
 

@@ -5,6 +5,7 @@
 pub mod chunk_map;
 pub mod committer;
 pub mod dirty;
+pub mod load;
 pub mod misses;
 
 use std::sync::{
@@ -148,6 +149,9 @@ pub struct Volume {
     /// Chunks the data path served from a slower tier, for the brain's
     /// demand promotion.
     misses: misses::MissQueue,
+    /// Requests in flight, completed and their latency, per queue, for
+    /// the mover to yield to the guest.
+    load: load::GuestLoad,
 }
 
 /// Checks that a configured volume can open the stored one: same chunk
@@ -304,6 +308,7 @@ impl Volume {
             group_commits: std::sync::atomic::AtomicU64::new(0),
             served: crate::stats::VolumeCounters::default(),
             misses: misses::MissQueue::new(chunks),
+            load: load::GuestLoad::default(),
         })
     }
 
@@ -633,6 +638,11 @@ impl Volume {
     /// Chunks served from a slower tier and not yet taken by the brain.
     pub fn misses(&self) -> &misses::MissQueue {
         &self.misses
+    }
+
+    /// The guest's requests as the queue workers count them.
+    pub fn guest_load(&self) -> &load::GuestLoad {
+        &self.load
     }
 
     /// This volume's served-access and migration totals.
