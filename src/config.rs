@@ -406,8 +406,9 @@ pub struct DaemonSettings {
     #[serde(default = "default_migration_mibps")]
     pub migration_mibps: f64,
     /// A volume's migration backs off (down to a quarter of its share)
-    /// while its guest's request latency or depth rises above what it is
-    /// without migration, and speeds up again while the guest is idle.
+    /// while its guest's request latency, depth or share of slow requests
+    /// rises above what it is without migration, and speeds up again
+    /// while the guest is idle. Needs a limit (`migration_mibps` > 0).
     #[serde(default = "default_true")]
     pub migration_yield: bool,
     /// Mode of the volume sockets (octal string); other users never get

@@ -36,6 +36,10 @@ pub enum Error {
     },
     #[error("stats file {path}: not a tierblk stats file: {reason}")]
     Format { path: PathBuf, reason: String },
+    #[error(
+        "stats file {path}: schema {schema}, written by a newer tierblk (this one reads up to {SCHEMA})"
+    )]
+    Newer { path: PathBuf, schema: u32 },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -160,6 +164,11 @@ pub struct TierChunks {
 /// start again from zero when the daemon restarts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VolumeStats {
+    /// The file's format ([`SCHEMA`]; files without one are version 1).
+    /// Fields are only ever added, with defaults: a reader takes any
+    /// version up to its own and refuses newer ones.
+    #[serde(default = "schema_v1")]
+    pub schema: u32,
     pub volume: String,
     /// When the daemon opened the volume: a different value means a
     /// restart, and counters that cannot be compared with older snapshots.
@@ -225,6 +234,15 @@ pub struct VolumeStats {
     pub cost_per_month_all_fast: f64,
 }
 
+/// Version of the stats file this tierblk writes: 2 added the guest load
+/// and the migration share (`guest_requests`, `guest_latency_us_mean`,
+/// `migration_share`).
+pub const SCHEMA: u32 = 2;
+
+fn schema_v1() -> u32 {
+    1
+}
+
 impl VolumeStats {
     pub fn accesses(&self) -> u64 {
         self.read_accesses_fast
@@ -239,10 +257,17 @@ impl VolumeStats {
             path: path.to_path_buf(),
             source,
         })?;
-        serde_json::from_str(&text).map_err(|e| Error::Format {
+        let stats: Self = serde_json::from_str(&text).map_err(|e| Error::Format {
             path: path.to_path_buf(),
             reason: e.to_string(),
-        })
+        })?;
+        if stats.schema > SCHEMA {
+            return Err(Error::Newer {
+                path: path.to_path_buf(),
+                schema: stats.schema,
+            });
+        }
+        Ok(stats)
     }
 }
 
@@ -290,6 +315,7 @@ pub fn snapshot(v: &Volume) -> VolumeStats {
         c.write_other.load(Relaxed),
     );
     VolumeStats {
+        schema: SCHEMA,
         volume: v.name().to_string(),
         opened_unix_ms: c.opened_ms,
         seq: c.published.load(Relaxed),
@@ -463,6 +489,34 @@ mod tests {
         let s2 = VolumeStats::load(&path).unwrap();
         assert_eq!((s2.seq, s2.opened_unix_ms), (2, s.opened_unix_ms));
         assert_eq!(s2.bytes_promoted, s.bytes_promoted);
+        assert_eq!(s2.schema, SCHEMA);
+    }
+
+    #[test]
+    fn older_stats_files_read_and_newer_ones_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = open(dir.path());
+        publish(&v, &EpochReport::default());
+        let path = stats_path(&dir.path().join("state"), "v");
+        let mut json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        // Version 1: no schema and none of version 2's fields.
+        let o = json.as_object_mut().unwrap();
+        for k in [
+            "schema",
+            "guest_requests",
+            "guest_latency_us_mean",
+            "migration_share",
+        ] {
+            assert!(o.remove(k).is_some(), "{k} missing from a new file");
+        }
+        std::fs::write(&path, json.to_string()).unwrap();
+        let s = VolumeStats::load(&path).unwrap();
+        assert_eq!((s.schema, s.guest_requests, s.migration_share), (1, 0, 1.0));
+        json["schema"] = (SCHEMA + 1).into();
+        std::fs::write(&path, json.to_string()).unwrap();
+        let e = VolumeStats::load(&path).unwrap_err().to_string();
+        assert!(e.contains("newer tierblk") && e.contains("v.json"), "{e}");
     }
 
     #[test]

@@ -246,6 +246,12 @@ pub fn open(cfg: &Config, opts: &ServeOptions) -> crate::Result<Opened> {
         Budget::new(cfg.daemon.migration_mibps, cfg.volumes.len())
             .with_yield(cfg.daemon.migration_yield),
     );
+    if cfg.daemon.migration_yield && cfg.daemon.migration_mibps == 0.0 {
+        warn!(
+            "daemon.migration_yield = true has no effect with daemon.migration_mibps = 0 \
+             (unlimited): migration does not yield to guests"
+        );
+    }
     for (slot, (meta, prep)) in cfg.volumes.iter().zip(prepared).enumerate() {
         if let Some(why) = found.refused.get(&meta.name) {
             error!("volume '{}': not served: {why}", meta.name);

@@ -23,6 +23,10 @@
 //!   requests) halves the rate; otherwise the rate grows by [`STEP`] of
 //!   the share. It never drops below [`FLOOR`], so migration always
 //!   progresses.
+//! - Halving and growth start from what the mover achieved
+//!   ([`Backoff::note_achieved`]), not only from its limit: a mover held
+//!   back by the device itself copies below its limit, and halving a limit
+//!   it does not reach would change nothing.
 //! - A window with no request at all (the guest idle) doubles the rate, up
 //!   to the whole share.
 //! - While the guest is busy and the mover keeps copying, the mover
@@ -60,6 +64,8 @@ pub const STEP: f64 = 0.0625;
 pub const PROBE_EVERY: Duration = Duration::from_secs(3);
 /// Weight of a new quiet window in the baseline.
 const BASE_WEIGHT: f64 = 0.3;
+/// Weight of a new window in the achieved share.
+const ACHIEVED_WEIGHT: f64 = 0.25;
 
 /// The guest without migration.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -93,6 +99,8 @@ pub struct Backoff {
     last_quiet: Instant,
     /// The last window had requests in it.
     guest_active: bool,
+    /// Share of the budget the mover copied at lately (running mean).
+    achieved: f64,
 }
 
 impl Backoff {
@@ -112,7 +120,15 @@ impl Backoff {
             },
             last_quiet: now,
             guest_active: false,
+            achieved: 1.0,
         }
+    }
+
+    /// The mover copied at `share` of its budget since the last window
+    /// closed (call before [`Self::observe`]). A running mean: one window
+    /// may hold no whole chunk copy.
+    pub fn note_achieved(&mut self, share: f64) {
+        self.achieved += ACHIEVED_WEIGHT * (share.clamp(0.0, 1.0) - self.achieved);
     }
 
     /// Share of the volume's migration budget to copy at now (1 = all).
@@ -163,7 +179,7 @@ impl Backoff {
     }
 
     fn back_off(&mut self, now: Instant) {
-        self.share = (self.share * 0.5).max(FLOOR);
+        self.share = (self.share.min(self.achieved) * 0.5).max(FLOOR);
         self.tail = Tail {
             since: now,
             requests: 0,
@@ -238,7 +254,9 @@ impl Backoff {
             if self.tail.slow >= 3 && share > b.slow + SLOW_TOLERANCE {
                 self.back_off(now);
             } else {
-                self.share = (self.share + STEP).min(1.0);
+                // Beyond what the mover reaches, growth would only store up
+                // a limit that the next halving could not bring down.
+                self.share = (self.share + STEP).min(self.achieved + 2.0 * STEP).min(1.0);
                 self.tail = Tail {
                     since: now,
                     requests: 0,
@@ -377,6 +395,31 @@ mod tests {
         }
         g.mixed(&mut b, &[(19, 100), (1, 150)], true);
         assert_eq!(b.share(), 0.5);
+    }
+
+    #[test]
+    fn halving_starts_from_what_the_mover_reached() {
+        let mut g = Guest::new();
+        let mut b = Backoff::new(true, g.now);
+        assert!(g.window(&mut b, 20, 100, false), "baseline: 100 µs");
+        // Limited to the whole share but held back to 40% by the device:
+        // the guest slows down, and the rate drops to 20% (the floor),
+        // not 50%.
+        for _ in 0..40 {
+            b.note_achieved(0.4);
+        }
+        g.window(&mut b, 20, 150, true);
+        assert_eq!(b.share(), FLOOR);
+        // Growth stays within two steps of what the mover reaches.
+        for _ in 0..TAIL_REQUESTS {
+            b.note_achieved(0.25);
+            g.window(&mut b, 20, 100, true);
+        }
+        assert!(
+            (b.share() - (0.25 + 2.0 * STEP)).abs() < 1e-6,
+            "{}",
+            b.share()
+        );
     }
 
     #[test]

@@ -45,18 +45,24 @@ pub struct Pacer {
     slot: usize,
     limiter: RateLimiter,
     backoff: Backoff,
+    /// Bytes the limiter had given out, and when, at the last window.
+    window_bytes: u64,
+    window_start: Instant,
 }
 
 impl Pacer {
     /// Volume `slot` of `budget`.
     pub fn new(budget: Arc<Budget>, slot: usize) -> Self {
         let limiter = RateLimiter::new(budget.mibps());
-        let backoff = Backoff::new(budget.yields(), Instant::now());
+        let now = Instant::now();
+        let backoff = Backoff::new(budget.yields(), now);
         Self {
             budget,
             slot,
             limiter,
             backoff,
+            window_bytes: 0,
+            window_start: now,
         }
     }
 
@@ -66,6 +72,7 @@ impl Pacer {
     fn limiter(&mut self, volume: &Volume) -> &mut RateLimiter {
         let now = Instant::now();
         if self.backoff.due(now) {
+            self.note_achieved(now);
             let load = volume.guest_load();
             self.backoff.observe(load.sample(), now);
             if self.backoff.probe_due(now) {
@@ -87,10 +94,27 @@ impl Pacer {
         &mut self.limiter
     }
 
+    /// Tells the backoff what share of the budget the copies since the
+    /// last window reached.
+    fn note_achieved(&mut self, now: Instant) {
+        let bytes = self.limiter.acquired() - self.window_bytes;
+        let secs = now.duration_since(self.window_start).as_secs_f64();
+        self.window_bytes = self.limiter.acquired();
+        self.window_start = now;
+        let budget = self.budget.share(self.slot);
+        if budget > 0.0 && secs > 0.0 {
+            let mibps = bytes as f64 / secs / (1024.0 * 1024.0);
+            self.backoff.note_achieved(mibps / budget);
+        }
+    }
+
     /// The mover has nothing to copy: measures the guest alone.
     fn idle(&mut self, volume: &Volume) {
         let now = Instant::now();
         if self.backoff.due(now) {
+            // Idle time says nothing of what copies reach.
+            self.window_bytes = self.limiter.acquired();
+            self.window_start = now;
             let load = volume.guest_load();
             self.backoff.observe(load.sample(), now);
             load.set_slow_above(self.backoff.slow_above_ns());

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 pub struct RateLimiter {
     ns_per_byte: f64,
     next: Instant,
+    /// Bytes acquired so far.
+    acquired: u64,
 }
 
 impl RateLimiter {
@@ -19,7 +21,13 @@ impl RateLimiter {
                 0.0
             },
             next: Instant::now(),
+            acquired: 0,
         }
+    }
+
+    /// Bytes acquired since the limiter was made.
+    pub fn acquired(&self) -> u64 {
+        self.acquired
     }
 
     /// Changes the rate from now on (`mib_per_sec` = 0: unlimited).
@@ -29,6 +37,7 @@ impl RateLimiter {
 
     /// Waits until `bytes` more may be copied.
     pub fn acquire(&mut self, bytes: u64) {
+        self.acquired += bytes;
         if self.ns_per_byte == 0.0 {
             return;
         }
