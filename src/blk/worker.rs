@@ -200,8 +200,8 @@ impl Worker {
         &self.completion
     }
 
-    /// Count of requests not yet completed; the backend waits for 0 before
-    /// a queue is stopped.
+    /// This queue's load counters: the backend waits for no request in
+    /// flight before a queue is stopped.
     pub fn load(&self) -> Arc<QueueLoad> {
         self.load.clone()
     }

@@ -427,21 +427,18 @@ pub fn serve(cfg: &Config, opts: &ServeOptions) -> crate::Result<()> {
 /// Binds `v`'s socket and serves it on a thread of its own, one
 /// vhost-user connection after another, for as long as the process runs.
 pub fn listen_and_serve(v: &Arc<Volume>, access: socket::Access) -> crate::Result<socket::Bound> {
+    let failed = |reason: String| Error::Listen {
+        volume: v.name().to_string(),
+        path: v.metadata().socket.clone(),
+        reason,
+    };
     let (mut listener, bound) =
-        socket::listen(&v.metadata().socket, access).map_err(|e| Error::Listen {
-            volume: v.name().to_string(),
-            path: v.metadata().socket.clone(),
-            reason: e.to_string(),
-        })?;
+        socket::listen(&v.metadata().socket, access).map_err(|e| failed(e.to_string()))?;
     let served = v.clone();
     thread::Builder::new()
         .name(format!("vol-{}", v.name()))
         .spawn(move || serve_volume(&served, &mut listener))
-        .map_err(|e| Error::Listen {
-            volume: v.name().to_string(),
-            path: v.metadata().socket.clone(),
-            reason: format!("spawning its thread: {e}"),
-        })?;
+        .map_err(|e| failed(format!("spawning its thread: {e}")))?;
     Ok(bound)
 }
 

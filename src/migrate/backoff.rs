@@ -84,6 +84,17 @@ struct Tail {
     slow: u64,
 }
 
+impl Tail {
+    /// None yet, counted from `now`.
+    fn new(now: Instant) -> Self {
+        Self {
+            since: now,
+            requests: 0,
+            slow: 0,
+        }
+    }
+}
+
 /// One mover's yield controller.
 #[derive(Debug)]
 pub struct Backoff {
@@ -113,11 +124,7 @@ impl Backoff {
             at_start: LoadSample::default(),
             copied: false,
             base: None,
-            tail: Tail {
-                since: now,
-                requests: 0,
-                slow: 0,
-            },
+            tail: Tail::new(now),
             last_quiet: now,
             guest_active: false,
             achieved: 1.0,
@@ -180,11 +187,7 @@ impl Backoff {
 
     fn back_off(&mut self, now: Instant) {
         self.share = (self.share.min(self.achieved) * 0.5).max(FLOOR);
-        self.tail = Tail {
-            since: now,
-            requests: 0,
-            slow: 0,
-        };
+        self.tail = Tail::new(now);
     }
 
     /// Closes the open window if it is complete, given the load now.
@@ -257,11 +260,7 @@ impl Backoff {
                 // Beyond what the mover reaches, growth would only store up
                 // a limit that the next halving could not bring down.
                 self.share = (self.share + STEP).min(self.achieved + 2.0 * STEP).min(1.0);
-                self.tail = Tail {
-                    since: now,
-                    requests: 0,
-                    slow: 0,
-                };
+                self.tail = Tail::new(now);
             }
         }
         true

@@ -71,41 +71,16 @@ impl Pacer {
     /// pauses one window to take one.
     fn limiter(&mut self, volume: &Volume) -> &mut RateLimiter {
         let now = Instant::now();
+        let share = self.budget.share(self.slot);
         if self.backoff.due(now) {
-            self.note_achieved(now);
-            let load = volume.guest_load();
-            self.backoff.observe(load.sample(), now);
-            if self.backoff.probe_due(now) {
-                self.backoff.restart(load.sample(), now);
-                loop {
-                    thread::sleep(backoff::WINDOW);
-                    if self.backoff.observe(load.sample(), Instant::now()) {
-                        break;
-                    }
-                }
-            }
-            load.set_slow_above(self.backoff.slow_above_ns());
+            self.note_achieved(now, Some(share));
+            self.measure(volume, now, true);
         }
         self.backoff.copying();
-        let share = self.budget.share(self.slot);
         let yielded = self.backoff.share();
         volume.served().note_migration_share(yielded);
         self.limiter.set_rate(share * yielded);
         &mut self.limiter
-    }
-
-    /// Tells the backoff what share of the budget the copies since the
-    /// last window reached.
-    fn note_achieved(&mut self, now: Instant) {
-        let bytes = self.limiter.acquired() - self.window_bytes;
-        let secs = now.duration_since(self.window_start).as_secs_f64();
-        self.window_bytes = self.limiter.acquired();
-        self.window_start = now;
-        let budget = self.budget.share(self.slot);
-        if budget > 0.0 && secs > 0.0 {
-            let mibps = bytes as f64 / secs / (1024.0 * 1024.0);
-            self.backoff.note_achieved(mibps / budget);
-        }
     }
 
     /// The mover has nothing to copy: measures the guest alone.
@@ -113,12 +88,43 @@ impl Pacer {
         let now = Instant::now();
         if self.backoff.due(now) {
             // Idle time says nothing of what copies reach.
-            self.window_bytes = self.limiter.acquired();
-            self.window_start = now;
-            let load = volume.guest_load();
-            self.backoff.observe(load.sample(), now);
-            load.set_slow_above(self.backoff.slow_above_ns());
+            self.note_achieved(now, None);
+            self.measure(volume, now, false);
         }
+    }
+
+    /// Starts a new span of copies at `now`; with `share` (the budget's
+    /// MiB/s for this volume), first tells the backoff what share of it
+    /// the copies since the last window reached.
+    fn note_achieved(&mut self, now: Instant, share: Option<f64>) {
+        let bytes = self.limiter.acquired() - self.window_bytes;
+        let secs = now.duration_since(self.window_start).as_secs_f64();
+        self.window_bytes = self.limiter.acquired();
+        self.window_start = now;
+        if let Some(budget) = share.filter(|&b| b > 0.0) {
+            if secs > 0.0 {
+                let mibps = bytes as f64 / secs / (1024.0 * 1024.0);
+                self.backoff.note_achieved(mibps / budget);
+            }
+        }
+    }
+
+    /// Closes the backoff's window on the guest's load now (`probe`: and,
+    /// when one is due, pauses one window to measure the guest alone),
+    /// then hands the data path the new slow-request threshold.
+    fn measure(&mut self, volume: &Volume, now: Instant, probe: bool) {
+        let load = volume.guest_load();
+        self.backoff.observe(load.sample(), now);
+        if probe && self.backoff.probe_due(now) {
+            self.backoff.restart(load.sample(), now);
+            loop {
+                thread::sleep(backoff::WINDOW);
+                if self.backoff.observe(load.sample(), Instant::now()) {
+                    break;
+                }
+            }
+        }
+        load.set_slow_above(self.backoff.slow_above_ns());
     }
 }
 
